@@ -1,0 +1,647 @@
+//! The RocksDB catalog: sessions, pins, index records in flight, chunk metadata, tenant
+//! ownership of chunks, backups (manifests) with time indexes, counters and job results.
+//!
+//! Column families and keys (all integers big-endian unless said otherwise, so keys sort):
+//!
+//! | cf | key | value |
+//! |---|---|---|
+//! | `sessions` | session id (16) | JSON [`SessionRecord`] |
+//! | `pins` | session (16) + chunk (32) | [`Pin`] (17 bytes) |
+//! | `entries` | session (16) + disk index (2) + first record number (8) | raw 40-byte records |
+//! | `chunks` | chunk (32) | [`ChunkMeta`] (25 bytes) |
+//! | `owners` | tenant + 0x00 + chunk (32) | empty: the tenant uploaded or references it |
+//! | `backups` | backup id | JSON [`Manifest`] |
+//! | `backup_time` | `a` ms id / `t` tenant 0 ms id / `s` tenant 0 source 0 ms id | empty |
+//! | `counters` | name | i64 little-endian, summed by a merge operator |
+//! | `jobs` | job id | JSON job report |
+//!
+//! Every state change is one [`rocksdb::WriteBatch`] written with `sync = true` before the
+//! request that caused it is acknowledged. Chunk files are durable before a batch names them.
+//! All calls block; callers run them off the async runtime.
+
+use std::path::Path;
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, MergeOperands, Options,
+    WriteBatch, WriteOptions, DB,
+};
+use schema::api::{CreateSession, Manifest, SessionState};
+use schema::{BackupId, ChunkId, SessionId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+const CFS: [&str; 9] = [
+    "sessions",
+    "pins",
+    "entries",
+    "chunks",
+    "owners",
+    "backups",
+    "backup_time",
+    "counters",
+    "jobs",
+];
+
+/// Counter names.
+pub mod counter {
+    /// Stored chunks.
+    pub const CHUNKS: &str = "chunks";
+    /// Bytes of stored chunk files.
+    pub const STORED_BYTES: &str = "stored_bytes";
+    /// Committed backups.
+    pub const BACKUPS: &str = "backups";
+    /// Logical bytes of committed backups.
+    pub const LOGICAL_BYTES: &str = "logical_bytes";
+}
+
+/// A session as persisted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Id.
+    pub id: SessionId,
+    /// Owner tenant.
+    pub tenant: String,
+    /// Parameters as created (compared on repeated creation).
+    pub params: CreateSession,
+    /// State.
+    pub state: SessionState,
+    /// Creation time, Unix ms.
+    pub created_ms: i64,
+    /// Last persisted activity, Unix ms.
+    pub last_active_ms: i64,
+    /// Records held, per disk (same order as `params.disks`).
+    pub entries: Vec<u64>,
+    /// The backup once committed.
+    pub backup_id: Option<BackupId>,
+}
+
+/// Metadata of a stored chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkMeta {
+    /// Uncompressed length.
+    pub raw_len: u64,
+    /// Bytes of the stored file.
+    pub stored_len: u64,
+    /// Last time an upload or pin touched it, Unix ms (GC's age test).
+    pub touched_ms: i64,
+    /// Bit 0: marked bad by verify (treated as missing until a fresh copy arrives).
+    pub flags: u8,
+}
+
+impl ChunkMeta {
+    /// Flag: verify found the file corrupt or missing.
+    pub const BAD: u8 = 1;
+
+    fn encode(&self) -> [u8; 25] {
+        let mut b = [0u8; 25];
+        b[..8].copy_from_slice(&self.raw_len.to_le_bytes());
+        b[8..16].copy_from_slice(&self.stored_len.to_le_bytes());
+        b[16..24].copy_from_slice(&self.touched_ms.to_le_bytes());
+        b[24] = self.flags;
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<ChunkMeta> {
+        if b.len() != 25 {
+            return None;
+        }
+        let u = |r: std::ops::Range<usize>| -> [u8; 8] { b[r].try_into().unwrap_or([0; 8]) };
+        Some(ChunkMeta {
+            raw_len: u64::from_le_bytes(u(0..8)),
+            stored_len: u64::from_le_bytes(u(8..16)),
+            touched_ms: i64::from_le_bytes(u(16..24)),
+            flags: b[24],
+        })
+    }
+
+    /// Whether verify marked it bad.
+    pub fn is_bad(&self) -> bool {
+        self.flags & Self::BAD != 0
+    }
+}
+
+/// A chunk pinned to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pin {
+    /// Whether this session stored the chunk for the first time.
+    pub new: bool,
+    /// Body bytes received for it (0 when found present by find-missing).
+    pub sent: u64,
+    /// Bytes this session added to the store for it.
+    pub stored: u64,
+}
+
+impl Pin {
+    fn encode(&self) -> [u8; 17] {
+        let mut b = [0u8; 17];
+        b[0] = u8::from(self.new);
+        b[1..9].copy_from_slice(&self.sent.to_le_bytes());
+        b[9..17].copy_from_slice(&self.stored.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Pin {
+        if b.len() != 17 {
+            return Pin::default();
+        }
+        let u = |r: std::ops::Range<usize>| -> [u8; 8] { b[r].try_into().unwrap_or([0; 8]) };
+        Pin {
+            new: b[0] == 1,
+            sent: u64::from_le_bytes(u(1..9)),
+            stored: u64::from_le_bytes(u(9..17)),
+        }
+    }
+}
+
+fn add_merge(_key: &[u8], existing: Option<&[u8]>, ops: &MergeOperands) -> Option<Vec<u8>> {
+    let mut v = existing.map(decode_i64).unwrap_or(0);
+    for op in ops {
+        v = v.wrapping_add(decode_i64(op));
+    }
+    Some(v.to_le_bytes().to_vec())
+}
+
+fn decode_i64(b: &[u8]) -> i64 {
+    b.try_into().map(i64::from_le_bytes).unwrap_or(0)
+}
+
+/// Key of a pin.
+pub fn pin_key(s: &SessionId, c: &ChunkId) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..16].copy_from_slice(&s.0);
+    k[16..].copy_from_slice(&c.0);
+    k
+}
+
+/// Key of an owner row.
+pub fn owner_key(tenant: &str, c: &ChunkId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 33);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&c.0);
+    k
+}
+
+fn entries_key(s: &SessionId, disk: u16, start: u64) -> [u8; 26] {
+    let mut k = [0u8; 26];
+    k[..16].copy_from_slice(&s.0);
+    k[16..18].copy_from_slice(&disk.to_be_bytes());
+    k[18..].copy_from_slice(&start.to_be_bytes());
+    k
+}
+
+/// The time-index keys of one backup.
+pub fn backup_time_keys(m: &Manifest, created_ms: i64) -> [Vec<u8>; 3] {
+    let ms = (created_ms.max(0) as u64).to_be_bytes();
+    let id = m.id.as_str().as_bytes();
+    let mut a = vec![b'a'];
+    a.extend_from_slice(&ms);
+    a.extend_from_slice(id);
+    let mut t = vec![b't'];
+    t.extend_from_slice(m.tenant.as_bytes());
+    t.push(0);
+    t.extend_from_slice(&ms);
+    t.extend_from_slice(id);
+    let mut s = vec![b's'];
+    s.extend_from_slice(m.tenant.as_bytes());
+    s.push(0);
+    s.extend_from_slice(m.source.as_bytes());
+    s.push(0);
+    s.extend_from_slice(&ms);
+    s.extend_from_slice(id);
+    [a, t, s]
+}
+
+/// The RocksDB catalog.
+pub struct Catalog {
+    db: DB,
+    sync: WriteOptions,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+/// A set of changes written atomically by [`Catalog::write`].
+pub struct Batch<'a> {
+    cat: &'a Catalog,
+    wb: WriteBatch,
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("ops", &self.wb.len())
+            .finish()
+    }
+}
+
+impl Batch<'_> {
+    /// Stores a session record.
+    pub fn put_session(&mut self, r: &SessionRecord) -> Result<()> {
+        let v = serde_json::to_vec(r).map_err(|e| Error::internal("encoding a session", e))?;
+        self.wb.put_cf(&self.cat.cf("sessions"), r.id.0, v);
+        Ok(())
+    }
+    /// Pins a chunk to a session.
+    pub fn put_pin(&mut self, s: &SessionId, c: &ChunkId, p: Pin) {
+        self.wb
+            .put_cf(&self.cat.cf("pins"), pin_key(s, c), p.encode());
+    }
+    /// Removes one pin.
+    pub fn delete_pin_key(&mut self, key: &[u8]) {
+        self.wb.delete_cf(&self.cat.cf("pins"), key);
+    }
+    /// Appends a run of records for a disk, starting at record number `start`.
+    pub fn put_entries(&mut self, s: &SessionId, disk: u16, start: u64, records: &[u8]) {
+        self.wb.put_cf(
+            &self.cat.cf("entries"),
+            entries_key(s, disk, start),
+            records,
+        );
+    }
+    /// Removes every pin and record run of a session.
+    pub fn delete_session_data(&mut self, s: &SessionId) {
+        let mut end = s.0.to_vec();
+        end.extend_from_slice(&[0xff; 40]);
+        self.wb
+            .delete_range_cf(&self.cat.cf("pins"), s.0.as_slice(), end.as_slice());
+        self.wb
+            .delete_range_cf(&self.cat.cf("entries"), s.0.as_slice(), end.as_slice());
+    }
+    /// Stores chunk metadata.
+    pub fn put_chunk(&mut self, c: &ChunkId, m: ChunkMeta) {
+        self.wb.put_cf(&self.cat.cf("chunks"), c.0, m.encode());
+    }
+    /// Removes chunk metadata.
+    pub fn delete_chunk(&mut self, c: &ChunkId) {
+        self.wb.delete_cf(&self.cat.cf("chunks"), c.0);
+    }
+    /// Records that `tenant` owns `c`.
+    pub fn put_owner(&mut self, tenant: &str, c: &ChunkId) {
+        self.wb
+            .put_cf(&self.cat.cf("owners"), owner_key(tenant, c), []);
+    }
+    /// Removes an owner row by key.
+    pub fn delete_owner_key(&mut self, key: &[u8]) {
+        self.wb.delete_cf(&self.cat.cf("owners"), key);
+    }
+    /// Stores a manifest and its time-index keys.
+    pub fn put_backup(&mut self, m: &Manifest, created_ms: i64) -> Result<()> {
+        let v = serde_json::to_vec(m).map_err(|e| Error::internal("encoding a manifest", e))?;
+        self.wb.put_cf(&self.cat.cf("backups"), m.id.as_str(), v);
+        for k in backup_time_keys(m, created_ms) {
+            self.wb.put_cf(&self.cat.cf("backup_time"), k, []);
+        }
+        Ok(())
+    }
+    /// Removes a manifest and its time-index keys.
+    pub fn delete_backup(&mut self, m: &Manifest, created_ms: i64) {
+        self.wb.delete_cf(&self.cat.cf("backups"), m.id.as_str());
+        for k in backup_time_keys(m, created_ms) {
+            self.wb.delete_cf(&self.cat.cf("backup_time"), k);
+        }
+    }
+    /// Adds `delta` to a counter.
+    pub fn add(&mut self, name: &str, delta: i64) {
+        if delta != 0 {
+            self.wb
+                .merge_cf(&self.cat.cf("counters"), name, delta.to_le_bytes());
+        }
+    }
+    /// Sets a counter (offline repair).
+    pub fn set_counter(&mut self, name: &str, value: i64) {
+        self.wb
+            .put_cf(&self.cat.cf("counters"), name, value.to_le_bytes());
+    }
+    /// Stores a job report.
+    pub fn put_job(&mut self, id: &str, report: &serde_json::Value) {
+        self.wb.put_cf(&self.cat.cf("jobs"), id, report.to_string());
+    }
+}
+
+impl Catalog {
+    /// Opens (creating) the catalog at `path`.
+    ///
+    /// # Errors
+    /// RocksDB errors (a second process holding the lock among them).
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(4);
+        let cfs = CFS.iter().map(|name| {
+            let mut o = Options::default();
+            if *name == "counters" {
+                o.set_merge_operator_associative("add_i64", add_merge);
+            }
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        Ok(Catalog { db, sync })
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        // Every name used is in CFS, created at open.
+        #[allow(clippy::expect_used)]
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    /// A new empty batch.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            cat: self,
+            wb: WriteBatch::default(),
+        }
+    }
+
+    /// Writes a batch atomically and durably.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn write(&self, b: Batch<'_>) -> Result<()> {
+        self.db.write_opt(b.wb, &self.sync)?;
+        Ok(())
+    }
+
+    /// A session record.
+    ///
+    /// # Errors
+    /// RocksDB or decoding errors.
+    pub fn session(&self, s: &SessionId) -> Result<Option<SessionRecord>> {
+        match self.db.get_pinned_cf(&self.cf("sessions"), s.0)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::internal("decoding a session", e)),
+        }
+    }
+
+    /// Every session record.
+    ///
+    /// # Errors
+    /// RocksDB or decoding errors.
+    pub fn sessions(&self) -> Result<Vec<SessionRecord>> {
+        let mut out = Vec::new();
+        for kv in self
+            .db
+            .iterator_cf(&self.cf("sessions"), IteratorMode::Start)
+        {
+            let (_, v) = kv?;
+            out.push(
+                serde_json::from_slice(&v).map_err(|e| Error::internal("decoding a session", e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The pins among `ids` for session `s` (`None` where not pinned).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn pins(&self, s: &SessionId, ids: &[ChunkId]) -> Result<Vec<Option<Pin>>> {
+        let cf = self.cf("pins");
+        let keys: Vec<_> = ids.iter().map(|c| (&cf, pin_key(s, c))).collect();
+        self.db
+            .multi_get_cf(keys)
+            .into_iter()
+            .map(|r| Ok(r?.map(|v| Pin::decode(&v))))
+            .collect()
+    }
+
+    /// Every pin of a session, as (key, chunk, pin).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn session_pins(&self, s: &SessionId) -> Result<Vec<(ChunkId, Pin)>> {
+        let mut out = Vec::new();
+        for kv in self.db.iterator_cf(
+            &self.cf("pins"),
+            IteratorMode::From(&s.0, Direction::Forward),
+        ) {
+            let (k, v) = kv?;
+            if !k.starts_with(&s.0) {
+                break;
+            }
+            if let Some(c) = ChunkId::from_slice(&k[16..]) {
+                out.push((c, Pin::decode(&v)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every pinned chunk of every session (for GC marking).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn for_each_pin(&self, mut f: impl FnMut(&SessionId, ChunkId)) -> Result<()> {
+        for kv in self.db.iterator_cf(&self.cf("pins"), IteratorMode::Start) {
+            let (k, _) = kv?;
+            if let (Ok(s), Some(c)) = (
+                <[u8; 16]>::try_from(&k[..16]),
+                ChunkId::from_slice(&k[16..]),
+            ) {
+                f(&SessionId(s), c);
+            }
+        }
+        Ok(())
+    }
+
+    /// The record runs of one disk of a session, in order: (first record number, bytes).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn entries(&self, s: &SessionId, disk: u16) -> Result<Vec<(u64, Vec<u8>)>> {
+        let prefix = entries_key(s, disk, 0);
+        let mut out = Vec::new();
+        for kv in self.db.iterator_cf(
+            &self.cf("entries"),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix[..18]) {
+                break;
+            }
+            let start = u64::from_be_bytes(k[18..26].try_into().unwrap_or([0; 8]));
+            out.push((start, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Chunk metadata for many ids.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkMeta>>> {
+        let cf = self.cf("chunks");
+        let keys: Vec<_> = ids.iter().map(|c| (&cf, c.0)).collect();
+        self.db
+            .multi_get_cf(keys)
+            .into_iter()
+            .map(|r| Ok(r?.and_then(|v| ChunkMeta::decode(&v))))
+            .collect()
+    }
+
+    /// Chunk metadata for one id.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkMeta>> {
+        Ok(self
+            .db
+            .get_pinned_cf(&self.cf("chunks"), id.0)?
+            .and_then(|v| ChunkMeta::decode(&v)))
+    }
+
+    /// Every chunk with its metadata.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn for_each_chunk(
+        &self,
+        mut f: impl FnMut(ChunkId, ChunkMeta) -> Result<()>,
+    ) -> Result<()> {
+        for kv in self.db.iterator_cf(&self.cf("chunks"), IteratorMode::Start) {
+            let (k, v) = kv?;
+            if let (Some(c), Some(m)) = (ChunkId::from_slice(&k), ChunkMeta::decode(&v)) {
+                f(c, m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `tenant` owns each of `ids`.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn owned(&self, tenant: &str, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        let cf = self.cf("owners");
+        let keys: Vec<_> = ids.iter().map(|c| (&cf, owner_key(tenant, c))).collect();
+        self.db
+            .multi_get_cf(keys)
+            .into_iter()
+            .map(|r| Ok(r?.is_some()))
+            .collect()
+    }
+
+    /// Every owner row as (key, chunk).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn for_each_owner(&self, mut f: impl FnMut(&[u8], ChunkId)) -> Result<()> {
+        for kv in self.db.iterator_cf(&self.cf("owners"), IteratorMode::Start) {
+            let (k, _) = kv?;
+            if k.len() > 32 {
+                if let Some(c) = ChunkId::from_slice(&k[k.len() - 32..]) {
+                    f(&k, c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A manifest.
+    ///
+    /// # Errors
+    /// RocksDB or decoding errors.
+    pub fn backup(&self, id: &BackupId) -> Result<Option<Manifest>> {
+        match self.db.get_pinned_cf(&self.cf("backups"), id.as_str())? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::internal("decoding a manifest", e)),
+        }
+    }
+
+    /// Every manifest.
+    ///
+    /// # Errors
+    /// RocksDB or decoding errors.
+    pub fn for_each_backup(&self, mut f: impl FnMut(Manifest) -> Result<()>) -> Result<()> {
+        for kv in self
+            .db
+            .iterator_cf(&self.cf("backups"), IteratorMode::Start)
+        {
+            let (_, v) = kv?;
+            f(serde_json::from_slice(&v)
+                .map_err(|e| Error::internal("decoding a manifest", e))?)?;
+        }
+        Ok(())
+    }
+
+    /// Walks the time index under `prefix` newest first, starting strictly below `before`
+    /// (a key suffix of ms + id) when given; `f` gets the (ms, id) suffix and returns whether to go on.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn backups_newest_first(
+        &self,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+        mut f: impl FnMut(i64, &str) -> Result<bool>,
+    ) -> Result<()> {
+        let mut it = self.db.raw_iterator_cf(&self.cf("backup_time"));
+        let mut seek = prefix.to_vec();
+        match before {
+            Some(b) => {
+                seek.extend_from_slice(b);
+                it.seek_for_prev(&seek);
+                if it.key() == Some(seek.as_slice()) {
+                    it.prev();
+                }
+            }
+            None => {
+                seek.extend_from_slice(&[0xff; 9]);
+                it.seek_for_prev(&seek);
+            }
+        }
+        while let Some(k) = it.key() {
+            if !k.starts_with(prefix) || k.len() < prefix.len() + 8 {
+                break;
+            }
+            let rest = &k[prefix.len()..];
+            let ms = i64::from_be_bytes(rest[..8].try_into().unwrap_or([0; 8]));
+            let id = std::str::from_utf8(&rest[8..]).unwrap_or("");
+            if !f(ms, id)? {
+                break;
+            }
+            it.prev();
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    /// A counter's value.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn counter(&self, name: &str) -> Result<i64> {
+        Ok(self
+            .db
+            .get_pinned_cf(&self.cf("counters"), name)?
+            .map(|v| decode_i64(&v))
+            .unwrap_or(0))
+    }
+
+    /// A job report.
+    ///
+    /// # Errors
+    /// RocksDB or decoding errors.
+    pub fn job(&self, id: &str) -> Result<Option<serde_json::Value>> {
+        match self.db.get_pinned_cf(&self.cf("jobs"), id)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::internal("decoding a job", e)),
+        }
+    }
+}

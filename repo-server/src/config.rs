@@ -1,0 +1,325 @@
+//! The server's configuration: one serde struct, parsed first, then turned into runtime objects.
+//!
+//! Every field has a default, so an empty file (or none at all) is a working configuration.
+//! Sizes are human-readable (`16MiB`, `512 KiB`, `1GB`, or a plain number of bytes); durations
+//! too (`30s`, `24h`). `config.example.toml` beside this crate documents every field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Create sessions, upload, commit; read its own tenant's backups.
+    Backup,
+    /// Read its tenant's catalog and data.
+    Reader,
+    /// Everything, across tenants.
+    Admin,
+}
+
+/// One bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The secret as sent in `Authorization: Bearer ...` (at least 16 characters).
+    pub token: String,
+    /// Tenant the token acts for.
+    pub tenant: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+/// TLS certificate and key (PEM). With TLS, the port speaks HTTP/2 (ALPN `h2`) and HTTP/1.1.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Defensive limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest uncompressed chunk accepted (also the cap on decompression output).
+    #[serde(deserialize_with = "size")]
+    pub max_chunk_bytes: u64,
+    /// Chunk body bytes being received or verified at once, across all clients.
+    #[serde(deserialize_with = "size")]
+    pub max_inflight_chunk_bytes: u64,
+    /// Most digests in one find-missing request.
+    pub max_find_missing: u64,
+    /// Largest JSON body (session creation, commit).
+    #[serde(deserialize_with = "size")]
+    pub max_json_body: u64,
+    /// Largest body of index records in one request.
+    #[serde(deserialize_with = "size")]
+    pub max_entries_body: u64,
+    /// A request body that sends nothing for this long is cut with 408.
+    #[serde(deserialize_with = "duration")]
+    pub body_idle_timeout: Duration,
+    /// An open session with no activity for this long expires (its pins are released).
+    #[serde(deserialize_with = "duration")]
+    pub session_idle_ttl: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// On SIGINT/SIGTERM, how long open requests may take to finish.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_chunk_bytes: 16 << 20,
+            max_inflight_chunk_bytes: 512 << 20,
+            max_find_missing: 65_536,
+            max_json_body: 4 << 20,
+            max_entries_body: 64 << 20,
+            body_idle_timeout: Duration::from_secs(60),
+            session_idle_ttl: Duration::from_secs(86_400),
+            max_connections: 1024,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// HTTP/2 settings. The defaults fill a LAN and a moderately long WAN link with 1 MiB chunks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// Initial flow-control window per stream.
+    #[serde(deserialize_with = "size")]
+    pub stream_window: u64,
+    /// Initial flow-control window per connection.
+    #[serde(deserialize_with = "size")]
+    pub connection_window: u64,
+    /// Streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest HTTP/2 frame the server accepts (16 KiB to 16 MiB - 1).
+    #[serde(deserialize_with = "size")]
+    pub max_frame_size: u64,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            stream_window: 8 << 20,
+            connection_window: 32 << 20,
+            max_concurrent_streams: 256,
+            max_frame_size: 1 << 20,
+        }
+    }
+}
+
+/// Chunk store settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// zstd level the server uses for raw (`application/octet-stream`) uploads.
+    pub raw_upload_zstd_level: i32,
+    /// GC never removes a chunk touched less than this long before the oldest open session began.
+    #[serde(deserialize_with = "duration")]
+    pub gc_margin: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            raw_upload_zstd_level: 3,
+            gc_margin: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory: chunks, indexes, catalog.
+    pub data: PathBuf,
+    /// Bearer tokens. When empty, an admin token is generated into `DATA/admin.token`.
+    pub tokens: Vec<TokenConfig>,
+    /// Whether `/metrics` needs a token (any role).
+    pub metrics_need_token: bool,
+    /// TLS; absent means plain HTTP (h2c and HTTP/1.1).
+    pub tls: Option<TlsConfig>,
+    /// Limits.
+    pub limits: Limits,
+    /// HTTP/2 settings.
+    pub http2: Http2Config,
+    /// Chunk store settings.
+    pub store: StoreConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data: PathBuf::from("./repo-data"),
+            tokens: Vec::new(),
+            metrics_need_token: false,
+            tls: None,
+            limits: Limits::default(),
+            http2: Http2Config::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// A value out of its range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and what is wrong.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges that serde cannot express.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        for t in &self.tokens {
+            if t.token.len() < 16 || t.token.bytes().any(|c| !c.is_ascii_graphic()) {
+                return bad("tokens: each token must be at least 16 printable characters");
+            }
+            if t.tenant.is_empty() || t.tenant.bytes().any(|c| c.is_ascii_control()) {
+                return bad("tokens: tenant must be non-empty without control characters");
+            }
+        }
+        let l = &self.limits;
+        if l.max_chunk_bytes == 0 || l.max_chunk_bytes > (1 << 30) {
+            return bad("limits.max_chunk_bytes must be between 1 byte and 1 GiB");
+        }
+        if l.max_inflight_chunk_bytes < l.max_chunk_bytes {
+            return bad("limits.max_inflight_chunk_bytes must be at least limits.max_chunk_bytes");
+        }
+        if l.max_find_missing == 0 || l.max_connections == 0 {
+            return bad("limits.max_find_missing and limits.max_connections must be positive");
+        }
+        let h = &self.http2;
+        if !(16_384..=16_777_215).contains(&h.max_frame_size) {
+            return bad("http2.max_frame_size must be between 16KiB and 16MiB-1");
+        }
+        if h.stream_window > u64::from(u32::MAX >> 1)
+            || h.connection_window > u64::from(u32::MAX >> 1)
+        {
+            return bad("http2 windows must be below 2GiB");
+        }
+        if !(1..=22).contains(&self.store.raw_upload_zstd_level) {
+            return bad("store.raw_upload_zstd_level must be between 1 and 22");
+        }
+        Ok(())
+    }
+}
+
+/// Parses `16MiB`, `512 KiB`, `1GB`, `4096` into bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "kb" => 1000,
+        "m" | "mib" => 1 << 20,
+        "mb" => 1_000_000,
+        "g" | "gib" => 1 << 30,
+        "gb" => 1_000_000_000,
+        "t" | "tib" => 1 << 40,
+        "tb" => 1_000_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeOrText {
+    Num(u64),
+    Text(String),
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match SizeOrText::deserialize(d)? {
+        SizeOrText::Num(n) => Ok(n),
+        SizeOrText::Text(t) => parse_size(&t)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid size {t:?} (try \"16MiB\")"))),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let t = String::deserialize(d)?;
+    humantime::parse_duration(&t)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?} ({e}; try \"30s\")")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("512 KiB"), Some(512 << 10));
+        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("99999999999TiB"), None);
+    }
+
+    #[test]
+    fn example_config_parses_and_unknown_fields_fail() {
+        let text = include_str!("../config.example.toml");
+        let cfg: Config = toml::from_str(text).expect("example config parses");
+        cfg.validate().expect("example config is valid");
+        assert!(toml::from_str::<Config>("listen = \"127.0.0.1:1\"\nlisten_typo = 1\n").is_err());
+        assert!(toml::from_str::<Config>("[limits]\nmax_chunk_bytes = \"huge\"\n").is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! The backup repository (`repo-server`): the target-side data mover of protocol v1.
+//!
+//! Module map, bottom-up:
+//! - [`config`]: the TOML configuration (one struct, defaults for everything).
+//! - [`error`]: the one error policy; [`error::Error`] maps to status and JSON body.
+//! - [`auth`]: bearer tokens → tenant and role; the generated admin token.
+//! - [`chunk_store`]: durable content-addressed files (chunks, index blobs).
+//! - [`catalog`]: the RocksDB catalog: column families, keys, write batches.
+//! - [`repo`]: the repository's operations (sessions, ingest, commit, reads, jobs), blocking.
+//! - [`http`]: the axum router; thin handlers that parse, call [`repo::Repository`], answer.
+//! - [`server`]: the accept loop (h2c + HTTP/1.1 + TLS), limits, graceful shutdown.
+//! - [`metrics`]: Prometheus counters.
+//!
+//! The binary (`src/bin/repo-server.rs`) parses the command line and calls [`server::run`].
+
+pub mod auth;
+pub mod catalog;
+pub mod chunk_store;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod repo;
+pub mod server;
+
+pub use config::Config;
+pub use server::{run, App};

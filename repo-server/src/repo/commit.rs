@@ -1,0 +1,246 @@
+//! Commit: the one step that makes a backup durable and visible.
+//!
+//! Order of durable effects: index blobs are written as files (durable, content-addressed,
+//! harmless if a crash leaves them unreferenced), then one RocksDB batch inserts the manifest,
+//! its time-index keys and counters, marks the session committed and releases its pins and
+//! record runs. Before that batch nothing of the backup is visible; after it, all of it is.
+//! A repeated commit of a committed session returns the same backup id.
+
+use std::collections::{BTreeMap, HashSet};
+
+use schema::api::{BackupStats, CommitRequest, Manifest, ManifestDisk, SessionState};
+use schema::{BackupId, ChunkId, ErrorCode, IndexRecord, SessionId, RECORD_LEN};
+use serde_json::json;
+
+use super::{now_ms, Repository};
+use crate::auth::Caller;
+use crate::catalog::{counter, SessionRecord};
+use crate::error::{Error, Result};
+
+/// What a commit did.
+#[derive(Debug)]
+pub struct Committed {
+    /// `true` for 201, `false` for a repeat (200).
+    pub created: bool,
+    /// The backup.
+    pub backup_id: BackupId,
+}
+
+/// Most missing chunks listed in a `MISSING_CHUNKS` error.
+const MAX_LISTED: usize = 1000;
+
+impl Repository {
+    /// `POST /v1/sessions/{id}/commit`.
+    ///
+    /// # Errors
+    /// 409 `COUNT_MISMATCH` / `CHECKSUM_MISMATCH` / `SESSION_STATE`, 422 `MISSING_CHUNKS`,
+    /// 422 for disks that do not match the session, 404.
+    pub fn commit(&self, caller: &Caller, s: &SessionId, req: CommitRequest) -> Result<Committed> {
+        caller.require_writer()?;
+        let _gc = self.gc_read();
+        let lock = self.session_lock(s);
+        let _g = lock.write().unwrap_or_else(|e| e.into_inner());
+        let r = self.visible_session(caller, s)?;
+        match (r.state, &r.backup_id) {
+            (SessionState::Committed, Some(id)) => {
+                return Ok(Committed {
+                    created: false,
+                    backup_id: id.clone(),
+                })
+            }
+            (SessionState::Open, _) => {}
+            (state, _) => {
+                return Err(Error::new(
+                    ErrorCode::SessionState,
+                    format!("session {s} is {state:?}; it cannot be committed"),
+                ))
+            }
+        }
+        self.check_disks(&r, &req)?;
+        let base =
+            match &r.params.base {
+                Some(b) => Some(self.catalog.backup(b)?.ok_or_else(|| {
+                    Error::new(ErrorCode::BaseNotFound, format!("base {b} is gone"))
+                })?),
+                None => None,
+            };
+        // Build each disk's full index: the base's (resized), then the records in order.
+        let mut indexes = Vec::with_capacity(r.params.disks.len());
+        for (i, d) in r.params.disks.iter().enumerate() {
+            let blocks = d.blocks() as usize;
+            let mut index = match base.as_ref().and_then(|m| {
+                m.disks
+                    .iter()
+                    .find(|bd| bd.name == d.name)
+                    .map(|bd| (m, bd))
+            }) {
+                Some((m, bd)) => self.index_of(m, bd)?,
+                None => Vec::new(),
+            };
+            index.resize(blocks, ChunkId::HOLE);
+            for (_, bytes) in self.catalog.entries(s, i as u16)? {
+                for raw in bytes.chunks_exact(RECORD_LEN) {
+                    let raw: &[u8; RECORD_LEN] = raw
+                        .try_into()
+                        .map_err(|_| Error::internal("reading records", "ragged"))?;
+                    let rec = IndexRecord::decode(raw);
+                    // Records were range-checked on arrival; a shrunk base is cut above.
+                    if let Some(slot) = index.get_mut(rec.block as usize) {
+                        *slot = rec.id;
+                    }
+                }
+            }
+            indexes.push(index);
+        }
+        // Every referenced chunk must be stored and sound.
+        let mut referenced: Vec<ChunkId> = indexes
+            .iter()
+            .flatten()
+            .filter(|c| !c.is_hole())
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        referenced.sort_unstable();
+        let metas = self.catalog.chunks(&referenced)?;
+        let missing: Vec<&ChunkId> = referenced
+            .iter()
+            .zip(&metas)
+            .filter(|(_, m)| !m.is_some_and(|m| !m.is_bad()))
+            .map(|(c, _)| c)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::new(
+                ErrorCode::MissingChunks,
+                format!("{} referenced chunks are not stored; upload them and commit again", missing.len()),
+            )
+            .detail(json!({ "count": missing.len(), "chunks": missing.iter().take(MAX_LISTED).collect::<Vec<_>>() })));
+        }
+        // Durable index blobs first.
+        let now = now_ms();
+        let mut disks = Vec::new();
+        let mut logical = 0u64;
+        for (d, index) in r.params.disks.iter().zip(&indexes) {
+            let mut blob = Vec::with_capacity(index.len() * 32);
+            for c in index {
+                blob.extend_from_slice(&c.0);
+            }
+            let h = ChunkId::of(&blob);
+            self.indexes.put(&h, &blob)?;
+            logical += d.size;
+            disks.push(ManifestDisk {
+                name: d.name.clone(),
+                size: d.size,
+                block_size: d.block_size,
+                blocks: index.len() as u64,
+                holes: index.iter().filter(|c| c.is_hole()).count() as u64,
+                index_blake3: h.hex(),
+            });
+        }
+        let pins = self.catalog.session_pins(s)?;
+        let client = req.client_stats.clone().unwrap_or_default();
+        let stats = BackupStats {
+            logical_bytes: logical,
+            read_bytes: client.read_bytes,
+            skipped_bytes: client.skipped_bytes,
+            new_chunks: pins.iter().filter(|(_, p)| p.new).count() as u64,
+            reused_chunks: pins.iter().filter(|(_, p)| !p.new).count() as u64,
+            sent_bytes: pins.iter().map(|(_, p)| p.sent).sum(),
+            stored_bytes: pins.iter().map(|(_, p)| p.stored).sum(),
+            duration_ms: (now - r.created_ms).max(0) as u64,
+        };
+        let backup_id = backup_id_for(s, now)?;
+        let manifest = Manifest {
+            id: backup_id.clone(),
+            tenant: r.tenant.clone(),
+            source: r.params.source.clone(),
+            created: schema::time::rfc3339(now),
+            base: r.params.base.clone(),
+            labels: r.params.labels.clone(),
+            disks,
+            stats,
+            metadata: req.metadata,
+            session: s.to_string(),
+        };
+        let mut done = r.clone();
+        done.state = SessionState::Committed;
+        done.backup_id = Some(backup_id.clone());
+        done.last_active_ms = now;
+        let mut b = self.catalog.batch();
+        b.put_backup(&manifest, now)?;
+        b.add(counter::BACKUPS, 1);
+        b.add(counter::LOGICAL_BYTES, logical as i64);
+        b.put_session(&done)?;
+        b.delete_session_data(s);
+        self.catalog.write(b)?;
+        self.forget_session(s);
+        self.session_closed();
+        tracing::info!(session = %s, backup = %backup_id, source = %manifest.source, "backup committed");
+        Ok(Committed {
+            created: true,
+            backup_id,
+        })
+    }
+
+    fn check_disks(&self, r: &SessionRecord, req: &CommitRequest) -> Result<()> {
+        let names: BTreeMap<String, usize> = r
+            .params
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.to_string(), i))
+            .collect();
+        if let Some(extra) = req.disks.keys().find(|k| !names.contains_key(*k)) {
+            return Err(Error::new(
+                ErrorCode::InvalidBody,
+                format!("disk {extra} is not part of session {}", r.id),
+            ));
+        }
+        for (name, &i) in &names {
+            let held = r.entries[i];
+            let Some(claim) = req.disks.get(name) else {
+                return Err(Error::new(
+                    ErrorCode::InvalidBody,
+                    format!("commit body lacks disk {name}"),
+                ));
+            };
+            if claim.entries != held {
+                return Err(Error::new(
+                    ErrorCode::CountMismatch,
+                    format!(
+                        "disk {name}: the server holds {held} records, the client says {}",
+                        claim.entries
+                    ),
+                )
+                .detail(json!({ "disk": name, "server": held, "client": claim.entries })));
+            }
+            let mut h = blake3::Hasher::new();
+            for (_, bytes) in self.catalog.entries(&r.id, i as u16)? {
+                h.update(&bytes);
+            }
+            let ours = h.finalize().to_hex().to_string();
+            if ours != claim.records_blake3 {
+                return Err(Error::new(
+                    ErrorCode::ChecksumMismatch,
+                    format!("disk {name}: records checksum differs"),
+                )
+                .detail(json!({ "disk": name, "server": ours, "client": claim.records_blake3 })));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A backup id: commit time (sortable, readable) and a tag derived from the session.
+fn backup_id_for(s: &SessionId, now: i64) -> Result<BackupId> {
+    let t = schema::time::rfc3339(now);
+    // 2026-11-25T01:13:05.123Z -> 20261125T011305Z
+    let compact: String = t[..19]
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let tag = &blake3::hash(&s.0).to_hex()[..8];
+    format!("{compact}Z-{tag}")
+        .parse()
+        .map_err(|e| Error::internal("naming a backup", e))
+}

@@ -1,0 +1,206 @@
+//! The repository: every operation of protocol v1 as a blocking method, independent of HTTP.
+//!
+//! - [`session`]: creating, reading, aborting and expiring sessions; find-missing; index records.
+//! - [`ingest`]: verifying and storing uploaded chunks.
+//! - [`commit`]: turning a session into a durable, visible backup.
+//! - [`read`]: the catalog as seen by storage admins, index and image reads, chunk reads.
+//! - [`jobs`]: GC and verify.
+//!
+//! Locking, outermost first (never taken the other way round):
+//! 1. `gc` (read by every operation that pins or references chunks, write by GC), so a sweep
+//!    never runs between a chunk being found present and it being pinned or referenced;
+//! 2. the session's own lock (read by find-missing and chunk uploads, write by record appends,
+//!    commit and abort), so nothing pins into a session that is being committed;
+//! 3. a stripe lock per chunk id while its file and row are created.
+//!
+//! All methods block (RocksDB, files, zstd, blake3); the HTTP layer calls them from blocking
+//! threads.
+
+pub mod commit;
+pub mod ingest;
+pub mod jobs;
+pub mod read;
+pub mod session;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use schema::{ChunkId, SessionId};
+
+use crate::catalog::Catalog;
+use crate::chunk_store::BlobDir;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Static zeros for holes and padding (the largest block size).
+pub static ZEROS: [u8; 4 << 20] = [0; 4 << 20];
+
+/// Settings the repository needs, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest uncompressed chunk.
+    pub max_chunk_bytes: u64,
+    /// Most digests per find-missing.
+    pub max_find_missing: u64,
+    /// Idle session expiry, ms.
+    pub session_ttl_ms: i64,
+    /// zstd level for raw uploads.
+    pub raw_level: i32,
+    /// GC safety margin, ms.
+    pub gc_margin_ms: i64,
+}
+
+impl From<&Config> for Settings {
+    fn from(c: &Config) -> Settings {
+        Settings {
+            max_chunk_bytes: c.limits.max_chunk_bytes,
+            max_find_missing: c.limits.max_find_missing,
+            session_ttl_ms: c.limits.session_idle_ttl.as_millis() as i64,
+            raw_level: c.store.raw_upload_zstd_level,
+            gc_margin_ms: c.store.gc_margin.as_millis() as i64,
+        }
+    }
+}
+
+/// The repository.
+#[derive(Debug)]
+pub struct Repository {
+    /// Settings.
+    pub settings: Settings,
+    /// The catalog.
+    pub catalog: Catalog,
+    /// Chunk files.
+    pub chunks: BlobDir,
+    /// Index blobs of committed disks.
+    pub indexes: BlobDir,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Data directory.
+    pub data: PathBuf,
+    gc: RwLock<()>,
+    session_locks: Mutex<HashMap<SessionId, Arc<RwLock<()>>>>,
+    stripes: Vec<Mutex<()>>,
+    /// Last activity per session not yet persisted (ms).
+    touched: Mutex<HashMap<SessionId, i64>>,
+    /// Sorted chunk ids of each open session's base, loaded on first use.
+    base_sets: Mutex<HashMap<SessionId, Arc<Vec<ChunkId>>>>,
+    open_sessions: AtomicI64,
+    jobs: jobs::JobTable,
+}
+
+impl Repository {
+    /// Opens the repository under `data` (creating it).
+    ///
+    /// # Errors
+    /// I/O or RocksDB errors.
+    pub fn open(data: PathBuf, settings: Settings, metrics: Arc<Metrics>) -> Result<Repository> {
+        std::fs::create_dir_all(&data)?;
+        let tmp = data.join("tmp");
+        let chunks = BlobDir::open(data.join("chunks"), tmp.clone(), 2)?;
+        let indexes = BlobDir::open(data.join("indexes"), tmp, 1)?;
+        let catalog = Catalog::open(&data.join("catalog"))?;
+        let open = catalog
+            .sessions()?
+            .iter()
+            .filter(|s| s.state == schema::api::SessionState::Open)
+            .count() as i64;
+        metrics.open_sessions.store(open, Ordering::Relaxed);
+        Ok(Repository {
+            settings,
+            catalog,
+            chunks,
+            indexes,
+            metrics,
+            data,
+            gc: RwLock::new(()),
+            session_locks: Mutex::new(HashMap::new()),
+            stripes: (0..256).map(|_| Mutex::new(())).collect(),
+            touched: Mutex::new(HashMap::new()),
+            base_sets: Mutex::new(HashMap::new()),
+            open_sessions: AtomicI64::new(open),
+            jobs: jobs::JobTable::default(),
+        })
+    }
+
+    fn session_lock(&self, s: &SessionId) -> Arc<RwLock<()>> {
+        let mut m = self.session_locks.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(*s).or_default().clone()
+    }
+
+    fn stripe(&self, c: &ChunkId) -> std::sync::MutexGuard<'_, ()> {
+        self.stripes[c.0[0] as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn gc_read(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gc.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn touch(&self, s: &SessionId) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*s, now_ms());
+    }
+
+    fn last_touch(&self, s: &SessionId) -> Option<i64> {
+        self.touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(s)
+            .copied()
+    }
+
+    fn forget_session(&self, s: &SessionId) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(s);
+        self.base_sets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(s);
+    }
+
+    fn session_closed(&self) {
+        self.open_sessions.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.open_sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Open sessions right now.
+    pub fn open_session_count(&self) -> i64 {
+        self.open_sessions.load(Ordering::Relaxed)
+    }
+
+    /// Reads and decompresses a stored chunk, checking its length.
+    ///
+    /// # Errors
+    /// Internal errors when the file is missing or does not decode to `raw_len` bytes.
+    pub fn read_chunk(&self, id: &ChunkId, raw_len: u64) -> Result<Vec<u8>> {
+        let frame = self
+            .chunks
+            .get(id)
+            .map_err(|e| Error::internal(&format!("reading chunk {id}"), e))?;
+        let data = zstd::bulk::decompress(&frame, raw_len as usize)
+            .map_err(|e| Error::internal(&format!("decompressing chunk {id}"), e))?;
+        if data.len() as u64 != raw_len {
+            return Err(Error::internal(
+                &format!("reading chunk {id}"),
+                "stored chunk has the wrong length",
+            ));
+        }
+        Ok(data)
+    }
+}

@@ -1,0 +1,347 @@
+//! Reading the catalog and the data: sources, backup listings, manifests, indexes, disk images,
+//! chunks, stats, and deleting a backup.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use schema::api::{BackupList, Manifest, ManifestDisk, RepoStats, SessionState, SourceSummary};
+use schema::{BackupId, ChunkId, DiskName, ErrorCode};
+
+use super::Repository;
+use crate::auth::Caller;
+use crate::catalog::{counter, ChunkMeta};
+use crate::error::{Error, Result};
+
+/// Filters of `GET /v1/backups`.
+#[derive(Debug, Default, Clone)]
+pub struct ListQuery {
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only backups at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Only backups at or before this time (Unix ms).
+    pub until_ms: Option<i64>,
+    /// Page size.
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub cursor: Option<Cursor>,
+}
+
+/// A position in the newest-first listing: (time, id) of the last backup returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    ms: i64,
+    id: BackupId,
+}
+
+impl Cursor {
+    /// Opaque text form (hex).
+    pub fn encode(&self) -> String {
+        let mut raw = (self.ms.max(0) as u64).to_be_bytes().to_vec();
+        raw.extend_from_slice(self.id.as_str().as_bytes());
+        schema::id::to_hex(&raw)
+    }
+
+    /// Parses the text form.
+    ///
+    /// # Errors
+    /// 400 for anything that is not a cursor this server made.
+    pub fn decode(s: &str) -> Result<Cursor> {
+        let bad = || {
+            Error::new(
+                ErrorCode::BadRequest,
+                "cursor is not one this server returned",
+            )
+        };
+        if !s.len().is_multiple_of(2) || s.len() < 18 || s.len() > 16 + 256 {
+            return Err(bad());
+        }
+        let raw: Vec<u8> = (0..s.len() / 2)
+            .map(|i| schema::id::from_hex::<1>(&s[i * 2..i * 2 + 2]).map(|b| b[0]))
+            .collect::<Option<_>>()
+            .ok_or_else(bad)?;
+        let ms = i64::from_be_bytes(raw[..8].try_into().map_err(|_| bad())?);
+        let id = std::str::from_utf8(&raw[8..])
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(bad)?;
+        Ok(Cursor { ms, id })
+    }
+
+    fn key(&self) -> Vec<u8> {
+        let mut k = (self.ms.max(0) as u64).to_be_bytes().to_vec();
+        k.extend_from_slice(self.id.as_str().as_bytes());
+        k
+    }
+}
+
+/// One disk of a backup, opened for reading.
+#[derive(Debug)]
+pub struct DiskImage {
+    /// The disk as in the manifest.
+    pub disk: ManifestDisk,
+    /// One id per block.
+    pub index: Vec<ChunkId>,
+}
+
+impl DiskImage {
+    /// Length of block `b` (the last one may be short).
+    pub fn block_len(&self, b: u64) -> u64 {
+        let bs = u64::from(self.disk.block_size);
+        self.disk.size.saturating_sub(b * bs).min(bs)
+    }
+}
+
+impl Repository {
+    /// A manifest the caller may see, or 404.
+    ///
+    /// # Errors
+    /// 404, RocksDB errors.
+    pub fn manifest(&self, caller: &Caller, id: &BackupId) -> Result<Manifest> {
+        match self.catalog.backup(id)? {
+            Some(m) if caller.sees(&m.tenant) => Ok(m),
+            _ => Err(Error::not_found(format!("backup {id}"))),
+        }
+    }
+
+    /// The index of one disk of a manifest, checked against its recorded hash.
+    pub(crate) fn index_of(&self, m: &Manifest, d: &ManifestDisk) -> Result<Vec<ChunkId>> {
+        let raw = schema::id::from_hex::<32>(&d.index_blake3).ok_or_else(|| {
+            Error::internal(
+                "reading an index",
+                format!("bad index hash in backup {}", m.id),
+            )
+        })?;
+        let blob = self.indexes.get(&ChunkId(raw)).map_err(|e| {
+            Error::internal(
+                &format!("reading the index of backup {} disk {}", m.id, d.name),
+                e,
+            )
+        })?;
+        if blob.len() as u64 != d.blocks * 32 || blake3::hash(&blob).as_bytes() != &raw {
+            return Err(Error::internal(
+                &format!("reading the index of backup {} disk {}", m.id, d.name),
+                "index blob is corrupt",
+            ));
+        }
+        Ok(blob
+            .chunks_exact(32)
+            .filter_map(ChunkId::from_slice)
+            .collect())
+    }
+
+    /// Opens one disk of a backup for reading.
+    ///
+    /// # Errors
+    /// 404 for an unknown backup or disk.
+    pub fn disk_image(&self, caller: &Caller, id: &BackupId, disk: &DiskName) -> Result<DiskImage> {
+        let m = self.manifest(caller, id)?;
+        let d = m
+            .disks
+            .iter()
+            .find(|d| &d.name == disk)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("disk {disk} in backup {id}")))?;
+        let index = self.index_of(&m, &d)?;
+        Ok(DiskImage { disk: d, index })
+    }
+
+    /// The bytes of block `b` of an opened disk (zeros for a hole).
+    ///
+    /// # Errors
+    /// Internal errors when a chunk is missing or corrupt.
+    pub fn read_block(&self, img: &DiskImage, b: u64) -> Result<Vec<u8>> {
+        let len = img.block_len(b);
+        let id = img.index[b as usize];
+        if id.is_hole() {
+            return Ok(vec![0; len as usize]);
+        }
+        let data = self.read_chunk(&id, len)?;
+        if ChunkId::of(&data) != id {
+            self.metrics.verification_failures.inc();
+            return Err(Error::internal(
+                &format!("reading chunk {id}"),
+                "stored chunk does not match its id",
+            ));
+        }
+        Ok(data)
+    }
+
+    /// `GET /v1/sources`.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn sources(&self, caller: &Caller) -> Result<Vec<SourceSummary>> {
+        let mut groups: BTreeMap<(String, String), SourceSummary> = BTreeMap::new();
+        let tenants: Option<&str> = (!caller.is_admin()).then_some(caller.tenant.as_str());
+        self.catalog.for_each_backup(|m| {
+            if tenants.is_some_and(|t| t != m.tenant) {
+                return Ok(());
+            }
+            let e = groups
+                .entry((m.tenant.clone(), m.source.clone()))
+                .or_insert_with(|| SourceSummary {
+                    source: m.source.clone(),
+                    tenant: m.tenant.clone(),
+                    backups: 0,
+                    last_backup: String::new(),
+                    logical_bytes: 0,
+                });
+            e.backups += 1;
+            e.logical_bytes += m.stats.logical_bytes;
+            if m.created > e.last_backup {
+                e.last_backup = m.created.clone();
+            }
+            Ok(())
+        })?;
+        Ok(groups.into_values().collect())
+    }
+
+    /// `GET /v1/backups`: newest first, one page.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn list_backups(&self, caller: &Caller, q: &ListQuery) -> Result<BackupList> {
+        let mut prefix = Vec::new();
+        let mut filter_source = None;
+        match (&q.source, caller.is_admin()) {
+            (None, true) => prefix.push(b'a'),
+            (Some(src), true) => {
+                prefix.push(b'a');
+                filter_source = Some(src.as_str());
+            }
+            (None, false) => {
+                prefix.push(b't');
+                prefix.extend_from_slice(caller.tenant.as_bytes());
+                prefix.push(0);
+            }
+            (Some(src), false) => {
+                prefix.push(b's');
+                prefix.extend_from_slice(caller.tenant.as_bytes());
+                prefix.push(0);
+                prefix.extend_from_slice(src.as_bytes());
+                prefix.push(0);
+            }
+        }
+        let until_key = q
+            .until_ms
+            .map(|u| (u.saturating_add(1).max(0) as u64).to_be_bytes().to_vec());
+        let before = match (q.cursor.as_ref().map(Cursor::key), until_key) {
+            (Some(c), Some(u)) => Some(c.min(u)),
+            (c, u) => c.or(u),
+        };
+        let mut out: Vec<(i64, Manifest)> = Vec::new();
+        let mut more = false;
+        self.catalog
+            .backups_newest_first(&prefix, before.as_deref(), |ms, id| {
+                if q.since_ms.is_some_and(|s| ms < s) {
+                    return Ok(false);
+                }
+                let Ok(id) = id.parse::<BackupId>() else {
+                    return Ok(true);
+                };
+                let Some(m) = self.catalog.backup(&id)? else {
+                    return Ok(true);
+                };
+                if filter_source.is_some_and(|s| s != m.source) {
+                    return Ok(true);
+                }
+                if out.len() == q.limit {
+                    more = true;
+                    return Ok(false);
+                }
+                out.push((ms, m));
+                Ok(true)
+            })?;
+        let next = if more {
+            out.last().map(|(ms, m)| {
+                Cursor {
+                    ms: *ms,
+                    id: m.id.clone(),
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+        Ok(BackupList {
+            backups: out.into_iter().map(|(_, m)| m).collect(),
+            next,
+        })
+    }
+
+    /// `DELETE /v1/backups/{id}` (admin).
+    ///
+    /// # Errors
+    /// 403, 404, 409 `BACKUP_IN_USE` while it is the base of an open session.
+    pub fn delete_backup(&self, caller: &Caller, id: &BackupId) -> Result<()> {
+        caller.require_admin()?;
+        let _gc = self.gc_read();
+        let m = self.manifest(caller, id)?;
+        if let Some(s) = self
+            .catalog
+            .sessions()?
+            .into_iter()
+            .find(|s| s.state == SessionState::Open && s.params.base.as_ref() == Some(id))
+        {
+            return Err(Error::new(
+                ErrorCode::BackupInUse,
+                format!("backup {id} is the base of open session {}; commit or delete that session first", s.id),
+            ));
+        }
+        let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
+        let mut b = self.catalog.batch();
+        b.delete_backup(&m, created);
+        b.add(counter::BACKUPS, -1);
+        b.add(counter::LOGICAL_BYTES, -(m.stats.logical_bytes as i64));
+        self.catalog.write(b)?;
+        tracing::info!(backup = %id, source = %m.source, "backup deleted");
+        Ok(())
+    }
+
+    /// `GET /v1/stats` (admin: the whole repository).
+    ///
+    /// # Errors
+    /// 403, RocksDB errors.
+    pub fn stats(&self, caller: &Caller) -> Result<RepoStats> {
+        caller.require_admin()?;
+        let c = |n| self.catalog.counter(n).map(|v| v.max(0) as u64);
+        let (stored, logical) = (c(counter::STORED_BYTES)?, c(counter::LOGICAL_BYTES)?);
+        Ok(RepoStats {
+            chunks: c(counter::CHUNKS)?,
+            stored_bytes: stored,
+            logical_bytes: logical,
+            dedup_ratio: if stored == 0 {
+                0.0
+            } else {
+                (logical as f64 / stored as f64 * 100.0).round() / 100.0
+            },
+            backups: c(counter::BACKUPS)?,
+            sources: self.sources(caller)?.len() as u64,
+            open_sessions: self.open_sessions.load(Ordering::Relaxed).max(0) as u64,
+        })
+    }
+
+    /// Metadata of a chunk the caller may read (its tenant uploaded or references it), or 404.
+    ///
+    /// # Errors
+    /// 404, RocksDB errors.
+    pub fn chunk_meta(&self, caller: &Caller, id: &ChunkId) -> Result<ChunkMeta> {
+        let meta = self.catalog.chunk(id)?.filter(|m| !m.is_bad());
+        match meta {
+            Some(m) if caller.is_admin() || self.catalog.owned(&caller.tenant, &[*id])?[0] => Ok(m),
+            _ => Err(Error::not_found(format!("chunk {id}"))),
+        }
+    }
+
+    /// The stored zstd frame of a chunk.
+    ///
+    /// # Errors
+    /// 404, internal errors.
+    pub fn chunk_frame(&self, caller: &Caller, id: &ChunkId) -> Result<Vec<u8>> {
+        self.chunk_meta(caller, id)?;
+        self.chunks
+            .get(id)
+            .map_err(|e| Error::internal(&format!("reading chunk {id}"), e))
+    }
+}

@@ -1,0 +1,246 @@
+//! The accept loop: plain TCP (HTTP/2 prior knowledge and HTTP/1.1 on one port, detected per
+//! connection) or TLS (ALPN `h2` and `http/1.1`), with the configured HTTP/2 windows, a cap on
+//! concurrent connections, a session-expiry worker, and graceful shutdown with a drain timeout.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::auth::{load_or_create_admin_token, Tokens};
+use crate::config::{Config, TlsConfig};
+use crate::http::{router, AppState};
+use crate::metrics::Metrics;
+use crate::repo::{Repository, Settings};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory or catalog could not be opened.
+    #[error("cannot open the repository at {path}: {message}")]
+    Repository {
+        /// Data directory.
+        path: std::path::PathBuf,
+        /// Cause.
+        message: String,
+    },
+    /// The admin token file could not be read or written.
+    #[error("cannot create {path}: {source}")]
+    AdminToken {
+        /// File.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TLS certificate or key unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A ready-to-serve application: the repository and everything the router needs.
+pub struct App {
+    /// The repository.
+    pub repo: Arc<Repository>,
+    /// Router state.
+    pub state: AppState,
+    /// TLS acceptor when configured.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    config: Config,
+    /// Where the generated admin token was written, if one was generated or loaded.
+    pub admin_token_file: Option<std::path::PathBuf>,
+}
+
+impl App {
+    /// Opens the repository and builds the runtime objects from `config`.
+    ///
+    /// # Errors
+    /// [`StartError`] naming what could not be opened.
+    pub fn open(mut config: Config) -> Result<App, StartError> {
+        let repo_err = |message: String| StartError::Repository {
+            path: config.data.clone(),
+            message,
+        };
+        std::fs::create_dir_all(&config.data).map_err(|e| repo_err(e.to_string()))?;
+        let mut admin_token_file = None;
+        if config.tokens.is_empty() {
+            let path = config.data.join("admin.token");
+            let (token, created) = load_or_create_admin_token(&config.data).map_err(|source| {
+                StartError::AdminToken {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            if created {
+                tracing::info!(file = %path.display(), "no tokens configured: generated an admin token");
+            } else {
+                tracing::info!(file = %path.display(), "no tokens configured: using the admin token");
+            }
+            config.tokens.push(token);
+            admin_token_file = Some(path);
+        }
+        let metrics = Arc::new(Metrics::default());
+        let repo = Repository::open(config.data.clone(), Settings::from(&config), metrics)
+            .map_err(|e| repo_err(e.to_string()))?;
+        let repo = Arc::new(repo);
+        let tokens = Arc::new(Tokens::new(&config.tokens));
+        let state = AppState::new(repo.clone(), tokens, &config);
+        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+        Ok(App {
+            repo,
+            state,
+            tls,
+            config,
+            admin_token_file,
+        })
+    }
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("data", &self.config.data)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+fn tls_acceptor(t: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, StartError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| StartError::Tls(format!("certificate {}: {e}", t.cert.display())))?;
+    if certs.is_empty() {
+        return Err(StartError::Tls(format!(
+            "no certificate in {}",
+            t.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&t.key)
+        .map_err(|e| StartError::Tls(format!("key {}: {e}", t.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains open requests for up to
+/// the configured drain timeout.
+///
+/// # Errors
+/// Only errors of the listener itself; connection errors are logged and do not stop the server.
+pub async fn run(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let cfg = &app.config;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .initial_stream_window_size(cfg.http2.stream_window as u32)
+        .initial_connection_window_size(cfg.http2.connection_window as u32)
+        .max_concurrent_streams(cfg.http2.max_concurrent_streams)
+        .max_frame_size(cfg.http2.max_frame_size as u32)
+        .max_send_buf_size(1 << 20);
+    let service = router(app.state.clone());
+    let graceful = GracefulShutdown::new();
+    let conn_limit = Arc::new(Semaphore::new(cfg.limits.max_connections));
+    let expiry = spawn_expiry(app.repo.clone());
+    tokio::pin!(shutdown);
+    tracing::info!(addr = %listener.local_addr()?, tls = app.tls.is_some(), "repository listening");
+    loop {
+        let permit = tokio::select! {
+            p = conn_limit.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let svc = TowerToHyperService::new(service.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = app.tls.clone();
+        tokio::spawn(async move {
+            let result = match tls {
+                None => {
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection(TokioIo::new(tcp), svc)
+                                .into_owned(),
+                        )
+                        .await
+                }
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(stream) => {
+                        watcher
+                            .watch(
+                                builder
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .into_owned(),
+                            )
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    expiry.abort();
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down; draining open requests"
+    );
+    if tokio::time::timeout(cfg.limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+    Ok(())
+}
+
+fn spawn_expiry(repo: Arc<Repository>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = std::time::Duration::from_millis(
+            (repo.settings.session_ttl_ms / 4).clamp(1000, 60_000) as u64,
+        );
+        loop {
+            tokio::time::sleep(every).await;
+            let r = repo.clone();
+            match tokio::task::spawn_blocking(move || r.expire_sessions()).await {
+                Ok(Ok(n)) if n > 0 => tracing::info!(expired = n, "expired idle sessions"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "session expiry failed"),
+                _ => {}
+            }
+        }
+    })
+}

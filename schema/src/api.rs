@@ -1,0 +1,274 @@
+//! Request and response bodies of the repository HTTP API, version 1 (PROTOCOL.md).
+//!
+//! Request bodies deny unknown fields, so a misspelt field is a clear 422 instead of a silently
+//! ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{BackupId, ChunkId, DiskName};
+
+/// `GET /v1/capabilities`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Protocol version.
+    pub api: u32,
+    /// Digest algorithm of chunk ids.
+    pub digest: String,
+    /// Accepted chunk encodings.
+    pub compression: Vec<String>,
+    /// Block sizes a session may use.
+    pub block_sizes: Vec<u32>,
+    /// Largest uncompressed chunk accepted.
+    pub max_chunk_bytes: u64,
+    /// Most digests in one find-missing request.
+    pub max_find_missing: u64,
+    /// Seconds of inactivity after which an open session expires.
+    pub session_idle_ttl_s: u64,
+    /// Which store keeps the data (`local` for repo-server).
+    pub store: String,
+}
+
+/// One disk of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// Name, unique within the session.
+    pub name: DiskName,
+    /// Size in bytes (need not be a multiple of the block size).
+    pub size: u64,
+    /// Block size in bytes, one of [`crate::BLOCK_SIZES`].
+    pub block_size: u32,
+}
+
+impl DiskSpec {
+    /// Number of blocks, the last one possibly partial.
+    pub fn blocks(&self) -> u64 {
+        self.size.div_ceil(u64::from(self.block_size))
+    }
+}
+
+/// `PUT /v1/sessions/{uuid}` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// Name of the backed-up source (a VM, a host).
+    pub source: String,
+    /// Backup this one is an incremental of.
+    #[serde(default)]
+    pub base: Option<BackupId>,
+    /// Disks of the source.
+    pub disks: Vec<DiskSpec>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Session state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    /// Accepting chunks and records.
+    Open,
+    /// Committed into a backup.
+    Committed,
+    /// Deleted by the client or expired.
+    Aborted,
+}
+
+/// Per-disk progress of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskProgress {
+    /// Records held.
+    pub entries: u64,
+    /// blake3 over all record bytes in order, hex.
+    pub records_blake3: String,
+}
+
+/// `GET /v1/sessions/{uuid}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionStatus {
+    /// Session id.
+    pub id: String,
+    /// State.
+    pub state: SessionState,
+    /// Source name.
+    pub source: String,
+    /// Base backup.
+    pub base: Option<BackupId>,
+    /// Progress per disk.
+    pub disks: BTreeMap<String, DiskProgress>,
+    /// Chunks pinned to the session (found present or uploaded).
+    pub chunks_pinned: u64,
+    /// Chunk body bytes received.
+    pub bytes_received: u64,
+    /// The backup, once committed.
+    pub backup_id: Option<BackupId>,
+    /// When the session expires if idle (RFC 3339).
+    pub expires: String,
+}
+
+/// JSON form of find-missing, request and response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Digests {
+    /// Chunk ids.
+    pub digests: Vec<ChunkId>,
+}
+
+/// What the client says it holds for one disk at commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskCommit {
+    /// Number of records sent.
+    pub entries: u64,
+    /// blake3 over all record bytes in order, hex.
+    pub records_blake3: String,
+}
+
+/// Figures only the source side knows, reported at commit and kept in the manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientStats {
+    /// Bytes read from the source disks.
+    #[serde(default)]
+    pub read_bytes: u64,
+    /// Bytes not read or not sent, by reason (hole, zero, swap, free, excluded, unchanged).
+    #[serde(default)]
+    pub skipped_bytes: BTreeMap<String, u64>,
+}
+
+/// `POST /v1/sessions/{uuid}/commit` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    /// Per disk: count and checksum of records sent.
+    pub disks: BTreeMap<String, DiskCommit>,
+    /// Free-form metadata kept in the manifest.
+    #[serde(default)]
+    pub metadata: serde_json::Value,
+    /// Source-side statistics (an extension of protocol v1; optional).
+    #[serde(default)]
+    pub client_stats: Option<ClientStats>,
+}
+
+/// Commit answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitResponse {
+    /// The new backup.
+    pub backup_id: BackupId,
+}
+
+/// One disk of a committed backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestDisk {
+    /// Name.
+    pub name: DiskName,
+    /// Size in bytes.
+    pub size: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Number of blocks.
+    pub blocks: u64,
+    /// Blocks that are holes (read as zeros, not stored).
+    pub holes: u64,
+    /// blake3 of the index blob (one 32-byte id per block), hex.
+    pub index_blake3: String,
+}
+
+/// Statistics of a backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStats {
+    /// Sum of disk sizes.
+    pub logical_bytes: u64,
+    /// Bytes the mover read from the source (reported by the mover).
+    pub read_bytes: u64,
+    /// Bytes the mover skipped, by reason (reported by the mover).
+    pub skipped_bytes: BTreeMap<String, u64>,
+    /// Chunks this backup stored for the first time.
+    pub new_chunks: u64,
+    /// Chunks this backup found already stored.
+    pub reused_chunks: u64,
+    /// Chunk body bytes received.
+    pub sent_bytes: u64,
+    /// Bytes newly stored in the chunk store.
+    pub stored_bytes: u64,
+    /// From session creation to commit.
+    pub duration_ms: u64,
+}
+
+/// `GET /v1/backups/{id}`: the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Backup id.
+    pub id: BackupId,
+    /// Tenant that owns it.
+    pub tenant: String,
+    /// Source name.
+    pub source: String,
+    /// Commit time, RFC 3339.
+    pub created: String,
+    /// Base backup, for an incremental.
+    pub base: Option<BackupId>,
+    /// Labels given at session creation.
+    pub labels: BTreeMap<String, String>,
+    /// Disks.
+    pub disks: Vec<ManifestDisk>,
+    /// Statistics.
+    pub stats: BackupStats,
+    /// Free-form metadata from the commit.
+    pub metadata: serde_json::Value,
+    /// The session that produced it.
+    pub session: String,
+}
+
+/// `GET /v1/backups` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupList {
+    /// Manifests, newest first.
+    pub backups: Vec<Manifest>,
+    /// Cursor for the next page.
+    pub next: Option<String>,
+}
+
+/// One row of `GET /v1/sources`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSummary {
+    /// Source name.
+    pub source: String,
+    /// Tenant (shown to admins; sources of different tenants are listed apart).
+    pub tenant: String,
+    /// Number of backups.
+    pub backups: u64,
+    /// Time of the newest backup.
+    pub last_backup: String,
+    /// Sum of the backups' logical bytes.
+    pub logical_bytes: u64,
+}
+
+/// `GET /v1/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepoStats {
+    /// Chunks stored.
+    pub chunks: u64,
+    /// Bytes of stored chunk files.
+    pub stored_bytes: u64,
+    /// Logical bytes of all backups.
+    pub logical_bytes: u64,
+    /// logical ÷ stored.
+    pub dedup_ratio: f64,
+    /// Backups.
+    pub backups: u64,
+    /// Distinct sources.
+    pub sources: u64,
+    /// Open sessions.
+    pub open_sessions: u64,
+}
+
+/// `POST /v1/admin/gc` and `/verify` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStarted {
+    /// Job id.
+    pub job: String,
+}

@@ -1,0 +1,16 @@
+//! Harness of the integration tests: real servers on loopback and real HTTP clients.
+//!
+//! - [`TestServer`]: a repository served in-process (real sockets, real RocksDB) on `127.0.0.1:0`.
+//! - [`ChildServer`]: the built `repo-server` binary as a child process, for crash tests.
+//! - [`Client`]: an HTTP client (h2c prior knowledge, HTTP/1.1, or HTTP/2 over TLS) built on hyper.
+//! - [`backup`]: a minimal mover used to drive whole sessions.
+
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+pub mod backup;
+pub mod client;
+pub mod server;
+
+pub use backup::{backup_disk, DiskUpload};
+pub use client::{Client, Resp};
+pub use server::{snapshot, ChildServer, TestServer, ADMIN, BACKUP_A, BACKUP_B, READER_A};

@@ -1,0 +1,205 @@
+//! Servers for tests.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use repo_server::config::{Role, TokenConfig};
+use repo_server::{App, Config};
+
+/// Admin token (tenant `ops`).
+pub const ADMIN: &str = "admin-token-0123456789";
+/// Backup token of tenant `acme`.
+pub const BACKUP_A: &str = "backup-acme-0123456789";
+/// Reader token of tenant `acme`.
+pub const READER_A: &str = "reader-acme-0123456789";
+/// Backup token of tenant `globex`.
+pub const BACKUP_B: &str = "backup-globex-0123456789";
+
+/// The tokens every test server knows.
+pub fn tokens() -> Vec<TokenConfig> {
+    let t = |token: &str, tenant: &str, role| TokenConfig {
+        token: token.into(),
+        tenant: tenant.into(),
+        role,
+    };
+    vec![
+        t(ADMIN, "ops", Role::Admin),
+        t(BACKUP_A, "acme", Role::Backup),
+        t(READER_A, "acme", Role::Reader),
+        t(BACKUP_B, "globex", Role::Backup),
+    ]
+}
+
+/// A repository served in-process.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Data directory (inside `_dir`).
+    pub data: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh data dir with the test tokens.
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `tweak` adjusted the configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Self::start_in(dir.path().join("data"), tweak).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Starts a server on `data` (kept by the caller).
+    pub async fn start_in(data: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut cfg = Config {
+            data: data.clone(),
+            tokens: tokens(),
+            ..Config::default()
+        };
+        tweak(&mut cfg);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = App::open(cfg).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(repo_server::run(listener, app, async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            data,
+            stop: Some(tx),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// Path of the built `repo-server` binary (beside the test executable's `deps/` directory).
+pub fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("repo-server");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build --release --workspace` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The `repo-server` binary as a child process.
+#[derive(Debug)]
+pub struct ChildServer {
+    /// Bound address.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl ChildServer {
+    /// Starts the binary on `data` with the test tokens, listening on an ephemeral port.
+    pub fn start(data: &Path) -> ChildServer {
+        std::fs::create_dir_all(data).unwrap();
+        let cfg_path = data.with_extension("toml");
+        let mut text = format!("listen = \"127.0.0.1:0\"\ndata = \"{}\"\n", data.display());
+        for t in tokens() {
+            let role = match t.role {
+                Role::Admin => "admin",
+                Role::Backup => "backup",
+                Role::Reader => "reader",
+            };
+            text.push_str(&format!(
+                "[[tokens]]\ntoken = \"{}\"\ntenant = \"{}\"\nrole = \"{role}\"\n",
+                t.token, t.tenant
+            ));
+        }
+        std::fs::write(&cfg_path, text).unwrap();
+        let mut child = Command::new(server_binary())
+            .arg("--config")
+            .arg(&cfg_path)
+            .env("REPO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected output {line:?}"));
+        ChildServer {
+            addr: addr.parse().unwrap(),
+            child,
+        }
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every file under `dir` with the blake3 of its content, except RocksDB's own info logs.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("LOG") {
+                    continue;
+                }
+                let content = std::fs::read(&p).unwrap();
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    blake3::hash(&content).to_hex().to_string(),
+                );
+            }
+        }
+    }
+    out
+}

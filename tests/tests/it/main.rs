@@ -1,0 +1,10 @@
+//! The one integration test binary: full-stack scenarios on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod concurrency;
+mod crash;
+mod hostile;
+mod protocol;
+mod tenancy;
+mod tls;
