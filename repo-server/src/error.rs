@@ -115,12 +115,31 @@ impl IntoResponse for Error {
                 detail: self.detail,
             },
         };
-        let mut resp = (status, axum::Json(body)).into_response();
+        let mut resp = json_response(&body, status);
         for (name, value) in self.headers {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 resp.headers_mut().insert(name, v);
             }
         }
         resp
+    }
+}
+
+/// A JSON response, newline-terminated so it reads well in a terminal (curl).
+pub fn json_response(value: &impl serde::Serialize, status: StatusCode) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(mut v) => {
+            v.push(b'\n');
+            (
+                status,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                v,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a response");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
 }

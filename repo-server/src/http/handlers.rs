@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use schema::api::{Capabilities, CommitRequest, CreateSession, Digests, JobStarted};
@@ -30,8 +29,9 @@ fn with_header(mut r: Response, name: &'static str, value: impl ToString) -> Res
     r
 }
 
-fn json_body(value: &impl serde::Serialize, status: StatusCode) -> Response {
-    (status, Json(value)).into_response()
+/// A JSON response, newline-terminated so it reads well in a terminal.
+pub(crate) fn json_body(value: &impl serde::Serialize, status: StatusCode) -> Response {
+    crate::error::json_response(value, status)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
@@ -51,8 +51,8 @@ pub(super) async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> R
     Ok(with_header(r, "content-type", "text/plain; version=0.0.4"))
 }
 
-pub(super) async fn capabilities(State(st): State<AppState>) -> Json<Capabilities> {
-    Json(Capabilities {
+pub(super) async fn capabilities(State(st): State<AppState>) -> Response {
+    let caps = Capabilities {
         api: API_VERSION,
         digest: "blake3".into(),
         compression: vec!["zstd".into(), "none".into()],
@@ -61,7 +61,8 @@ pub(super) async fn capabilities(State(st): State<AppState>) -> Json<Capabilitie
         max_find_missing: st.limits.max_find_missing,
         session_idle_ttl_s: st.limits.session_idle_ttl.as_secs(),
         store: "local".into(),
-    })
+    };
+    json_body(&caps, StatusCode::OK)
 }
 
 pub(super) async fn openapi() -> Response {

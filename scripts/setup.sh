@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what building and testing this project needs, from Debian's packages. Idempotent:
+# packages already present are skipped without touching apt.
+#   libclang-dev   bindgen for librocksdb-sys (RocksDB is built from source by cargo)
+#   zstd, b3sum    the README's curl walkthrough makes chunks with them
+#   curl, jq       the walkthrough itself
+set -euo pipefail
+need=()
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+for p in libclang-dev zstd b3sum curl jq; do have "$p" || need+=("$p"); done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=600 "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: cargo is not installed (see https://rustup.rs)"; exit 1; }
