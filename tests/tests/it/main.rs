@@ -5,6 +5,7 @@
 mod concurrency;
 mod crash;
 mod hostile;
+mod limits;
 mod protocol;
 mod tenancy;
 mod tls;
