@@ -1,0 +1,728 @@
+//! One backup: plan → read → hash → find-missing → compress → upload → record → commit.
+//!
+//! Threads and channels: a reader thread reads the planned bytes of each block (dropped bytes
+//! stay zero) and spots all-zero blocks; a hasher thread computes blake3; the async coordinator
+//! batches blocks, asks the repository which chunks it lacks, compresses those on blocking
+//! threads and uploads them over up to `streams` concurrent HTTP/2 streams, then appends the
+//! batch's index records and saves the journal. Channels are bounded, so memory is bounded by
+//! the batch size and the stream count, not by the disk.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::Method;
+use schema::api::{BackupList, Manifest, SessionStatus};
+use schema::{ChunkId, IndexRecord, SessionId};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::blockmap::{self, DiskPlan};
+use crate::client::RepoClient;
+use crate::disk::Disk;
+use crate::error::{Error, Result};
+use crate::journal::{self, Journal};
+use crate::progress::Progress;
+use crate::ranges::Ranges;
+
+/// Which backup an incremental builds on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    /// The newest backup of the same source, if any.
+    Latest,
+    /// None: a full backup.
+    None,
+    /// This backup.
+    Id(String),
+}
+
+/// What to back up and how.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Source name.
+    pub source: String,
+    /// Disks: (name, path).
+    pub disks: Vec<(String, PathBuf)>,
+    /// Changed-block lists per disk name.
+    pub cbt: BTreeMap<String, PathBuf>,
+    /// Base choice.
+    pub base: Base,
+    /// Block size.
+    pub block_size: u32,
+    /// zstd level.
+    pub zstd_level: i32,
+    /// Exclusions: (disk name, glob).
+    pub excludes: Vec<(String, String)>,
+    /// Concurrent uploads.
+    pub streams: usize,
+    /// Where the journal lives.
+    pub state_dir: PathBuf,
+    /// Show progress on stderr.
+    pub progress: bool,
+}
+
+/// One disk in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskReport {
+    /// Name.
+    pub name: String,
+    /// Path read.
+    pub path: String,
+    /// Size.
+    pub size: u64,
+    /// Partitions and file systems found.
+    pub found: Vec<String>,
+    /// Whether a CBT list limited what was read.
+    pub cbt: bool,
+}
+
+/// What a backup did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// The committed backup.
+    pub backup_id: String,
+    /// Source.
+    pub source: String,
+    /// Base backup.
+    pub base: Option<String>,
+    /// Whether this run continued an interrupted one.
+    pub resumed: bool,
+    /// Sum of disk sizes.
+    pub logical_bytes: u64,
+    /// Bytes read from the disks.
+    pub read_bytes: u64,
+    /// Bytes not read or not sent, by reason.
+    pub skipped_bytes: BTreeMap<String, u64>,
+    /// Blocks looked at.
+    pub blocks: u64,
+    /// Index records sent.
+    pub records: u64,
+    /// Chunks this run uploaded.
+    pub chunks_uploaded: u64,
+    /// Compressed bytes this run uploaded.
+    pub sent_bytes: u64,
+    /// Chunks the backup stored for the first time (repository's count).
+    pub new_chunks: u64,
+    /// Chunks the backup found already stored (repository's count).
+    pub reused_chunks: u64,
+    /// Bytes the backup added to the repository.
+    pub stored_bytes: u64,
+    /// Wall time of this run.
+    pub duration_ms: u64,
+    /// Peak resident memory of the mover.
+    pub peak_rss_bytes: u64,
+    /// Disks.
+    pub disks: Vec<DiskReport>,
+}
+
+/// A block on its way through the pipeline.
+struct Item {
+    disk: usize,
+    block: u64,
+    /// Bytes read from the source for this block.
+    read: u64,
+    /// `None` for a hole (nothing to read, or all zeros).
+    data: Option<Vec<u8>>,
+    id: ChunkId,
+    zero: bool,
+}
+
+fn random_session() -> Result<SessionId> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map_err(|e| Error::io("/dev/urandom", e))?;
+    Ok(SessionId::from_random(b))
+}
+
+/// Peak resident set size of this process (`VmHWM`).
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
+
+/// Runs a backup (or continues the interrupted one of the same command).
+///
+/// # Errors
+/// Disk, repository and journal errors, each naming what it concerns.
+pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupReport> {
+    let started = Instant::now();
+    let names: Vec<String> = opts.disks.iter().map(|d| d.0.clone()).collect();
+    for n in opts.cbt.keys().chain(opts.excludes.iter().map(|e| &e.0)) {
+        if !names.contains(n) {
+            return Err(Error::Invalid(format!(
+                "--cbt/--exclude name disk {n}, which is not one of the --disk names {names:?}"
+            )));
+        }
+    }
+    // Open the disks and plan them (metadata reads only).
+    let o = opts.clone();
+    let (disks, plans) =
+        tokio::task::spawn_blocking(move || -> Result<(Vec<Disk>, Vec<DiskPlan>)> {
+            let mut disks = Vec::new();
+            let mut plans = Vec::new();
+            for (name, path) in &o.disks {
+                let d = Disk::open(path)?;
+                let ex: Vec<String> = o
+                    .excludes
+                    .iter()
+                    .filter(|e| &e.0 == name)
+                    .map(|e| e.1.clone())
+                    .collect();
+                plans.push(blockmap::plan(&d, &ex)?);
+                disks.push(d);
+            }
+            Ok((disks, plans))
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("planning failed: {e}")))??;
+
+    // Continue an interrupted run, or start a session.
+    let key = journal::key(client.url(), &opts.source, &opts.disks);
+    let mut resumed = false;
+    let mut journal = None;
+    if let Some(j) = Journal::load(&opts.state_dir, &key)? {
+        match client
+            .get_json::<SessionStatus>(&format!("/v1/sessions/{}", j.session))
+            .await
+        {
+            Ok(st) if st.state == schema::api::SessionState::Open => {
+                eprintln!("source-mover: continuing interrupted session {}", j.session);
+                resumed = true;
+                journal = Some(j);
+            }
+            Ok(st) if st.state == schema::api::SessionState::Committed => {
+                let id = st.backup_id.map(|b| b.to_string()).unwrap_or_default();
+                eprintln!("source-mover: the interrupted run had already committed backup {id}");
+                j.remove();
+                return report_from_manifest(
+                    client,
+                    &id,
+                    opts,
+                    &plans,
+                    true,
+                    started,
+                    Default::default(),
+                )
+                .await;
+            }
+            Ok(_) | Err(Error::Repo { status: 404, .. }) => {
+                eprintln!(
+                    "source-mover: the interrupted session {} is gone; starting over",
+                    j.session
+                );
+                j.remove();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut journal = match journal {
+        Some(j) => j,
+        None => {
+            let base = match &opts.base {
+                Base::None => None,
+                Base::Id(id) => Some(id.clone()),
+                Base::Latest => {
+                    let q = format!("/v1/backups?source={}&limit=1", encode(&opts.source));
+                    client
+                        .get_json::<BackupList>(&q)
+                        .await?
+                        .backups
+                        .first()
+                        .map(|m| m.id.to_string())
+                }
+            };
+            let s = random_session()?;
+            let disks_json: Vec<_> = opts
+                .disks
+                .iter()
+                .zip(&plans)
+                .map(
+                    |((n, _), p)| json!({"name": n, "size": p.size, "block_size": opts.block_size}),
+                )
+                .collect();
+            let body = json!({"source": opts.source, "base": base, "disks": disks_json, "labels": {"mover": "source-mover"}});
+            client
+                .send_json(Method::PUT, &format!("/v1/sessions/{s}"), &body)
+                .await?;
+            let j = Journal::new(&opts.state_dir, &key, s.to_string(), base, &names);
+            j.save()?;
+            j
+        }
+    };
+    let session = journal.session.clone();
+
+    // The base's index of each disk, when it has one with the same block size.
+    let base_manifest = match &journal.base {
+        Some(b) => Some(
+            client
+                .get_json::<Manifest>(&format!("/v1/backups/{b}"))
+                .await?,
+        ),
+        None => None,
+    };
+    let mut base_index: Vec<Option<Vec<ChunkId>>> = Vec::new();
+    for name in &names {
+        let idx = match &base_manifest {
+            Some(m)
+                if m.disks
+                    .iter()
+                    .any(|d| d.name.as_str() == name && d.block_size == opts.block_size) =>
+            {
+                let raw = client
+                    .send(
+                        Method::GET,
+                        &format!("/v1/backups/{}/disks/{name}/index", m.id),
+                        &[],
+                        Bytes::new(),
+                    )
+                    .await?
+                    .body;
+                Some(
+                    raw.chunks_exact(32)
+                        .filter_map(ChunkId::from_slice)
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+        base_index.push(idx);
+    }
+
+    // Which blocks each disk processes: all, or with CBT those overlapping changed extents
+    // (plus any the base does not have).
+    let bs = u64::from(opts.block_size);
+    let mut work: Vec<Ranges> = Vec::new();
+    for (i, (name, _)) in opts.disks.iter().enumerate() {
+        let nblocks = plans[i].size.div_ceil(bs);
+        let all = Ranges::single(0, nblocks);
+        let w = match (opts.cbt.get(name), &base_index[i]) {
+            (Some(path), Some(base)) => {
+                let changed = crate::cbt::load(path)?;
+                let blocks: Vec<(u64, u64)> = changed
+                    .as_slice()
+                    .iter()
+                    .map(|&(a, b)| (a / bs, b.div_ceil(bs)))
+                    .collect();
+                Ranges::from_unsorted(blocks)
+                    .union(&Ranges::single(base.len() as u64, nblocks))
+                    .intersect(&all)
+            }
+            (Some(_), None) => {
+                eprintln!("source-mover: disk {name}: no base to apply the CBT list to; reading it in full");
+                all
+            }
+            _ => all,
+        };
+        work.push(w);
+    }
+    let states: Vec<crate::journal::DiskState> = names
+        .iter()
+        .map(|n| journal.disks.get(n).cloned().unwrap_or_default())
+        .collect();
+    let total: u64 = work
+        .iter()
+        .zip(&states)
+        .map(|(w, st)| w.subtract(&Ranges::single(0, st.next_block)).total() * bs)
+        .sum();
+    let progress = Progress::start(total, opts.progress);
+
+    // Reader and hasher threads.
+    let disks = Arc::new(disks);
+    let plans = Arc::new(plans);
+    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Result<Item>>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Item>>(8);
+    let reader = {
+        let (disks, plans, work, progress) =
+            (disks.clone(), plans.clone(), work.clone(), progress.clone());
+        let starts: Vec<u64> = states
+            .iter()
+            .map(|s| if s.done { u64::MAX } else { s.next_block })
+            .collect();
+        std::thread::spawn(move || {
+            for (d, disk) in disks.iter().enumerate() {
+                for &(a, b) in work[d].as_slice() {
+                    for block in a.max(starts[d])..b {
+                        let item = read_block(disk, &plans[d], d, block, bs);
+                        if let Ok(it) = &item {
+                            progress.read.fetch_add(it.read, Ordering::Relaxed);
+                        }
+                        if raw_tx.blocking_send(item).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let hasher = std::thread::spawn(move || {
+        while let Some(mut item) = raw_rx.blocking_recv() {
+            if let Ok(it) = &mut item {
+                if let Some(d) = &it.data {
+                    it.id = ChunkId::of(d);
+                }
+            }
+            if tx.blocking_send(item).is_err() {
+                return;
+            }
+        }
+    });
+
+    // The coordinator.
+    let batch_max = ((64u64 << 20) / bs).max(16) as usize;
+    let mut ctx = Coordinator {
+        client,
+        session: &session,
+        journal: &mut journal,
+        names: &names,
+        base_index: &base_index,
+        known: HashSet::new(),
+        level: opts.zstd_level,
+        streams: opts.streams.max(1),
+        progress: &progress,
+        uploaded: 0,
+        sent: 0,
+        records: 0,
+        zero_bytes: 0,
+        unchanged_read: 0,
+        blocks: 0,
+    };
+    let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
+    let outcome: Result<()> = async {
+        while let Some(item) = rx.recv().await {
+            let item = item?;
+            if batch.last().is_some_and(|l| l.disk != item.disk) || batch.len() >= batch_max {
+                ctx.flush(std::mem::take(&mut batch), bs).await?;
+            }
+            batch.push(item);
+        }
+        ctx.flush(std::mem::take(&mut batch), bs).await
+    }
+    .await;
+    drop(rx);
+    let _ = reader.join();
+    let _ = hasher.join();
+    progress.finish();
+    outcome?;
+    for n in &names {
+        if let Some(s) = ctx.journal.disks.get_mut(n) {
+            s.done = true;
+        }
+    }
+    ctx.journal.save()?;
+
+    // Skipped bytes by reason, over the bytes this run covered.
+    let mut skipped: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, plan) in plans.iter().enumerate() {
+        let covered = Ranges::from_unsorted(
+            work[i]
+                .as_slice()
+                .iter()
+                .map(|&(a, b)| (a * bs, (b * bs).min(plan.size)))
+                .collect(),
+        );
+        for (reason, r) in &plan.dropped {
+            *skipped.entry((*reason).to_string()).or_default() += r.intersect(&covered).total();
+        }
+        *skipped.entry("unchanged".into()).or_default() += plan.size - covered.total();
+    }
+    *skipped.entry("zero".into()).or_default() += ctx.zero_bytes;
+    *skipped.entry("unchanged".into()).or_default() += ctx.unchanged_read;
+    let (records, uploaded, sent, blocks) = (ctx.records, ctx.uploaded, ctx.sent, ctx.blocks);
+
+    // Commit.
+    let mut commit_disks = serde_json::Map::new();
+    for n in &names {
+        let entries = journal.disks.get(n).map(|s| s.entries).unwrap_or(0);
+        commit_disks.insert(
+            n.clone(),
+            json!({"entries": entries, "records_blake3": journal.records_blake3(n, entries)?}),
+        );
+    }
+    let read_bytes = progress.read.load(Ordering::Relaxed);
+    let paths: BTreeMap<&str, String> = opts
+        .disks
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.display().to_string()))
+        .collect();
+    let body = json!({
+        "disks": commit_disks,
+        "metadata": {"mover": concat!("source-mover ", env!("CARGO_PKG_VERSION")), "paths": paths, "block_size": opts.block_size, "zstd_level": opts.zstd_level, "resumed": resumed},
+        "client_stats": {"read_bytes": read_bytes, "skipped_bytes": skipped},
+    });
+    let answer = client
+        .send_json(
+            Method::POST,
+            &format!("/v1/sessions/{session}/commit"),
+            &body,
+        )
+        .await?;
+    let id = answer.json::<serde_json::Value>()?["backup_id"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    journal.remove();
+    let mut r = report_from_manifest(client, &id, opts, &plans, resumed, started, skipped).await?;
+    r.read_bytes = read_bytes;
+    r.records = records;
+    r.chunks_uploaded = uploaded;
+    r.sent_bytes = sent;
+    r.blocks = blocks;
+    Ok(r)
+}
+
+async fn report_from_manifest(
+    client: &RepoClient,
+    id: &str,
+    opts: &BackupOptions,
+    plans: &[DiskPlan],
+    resumed: bool,
+    started: Instant,
+    skipped: BTreeMap<String, u64>,
+) -> Result<BackupReport> {
+    let m: Manifest = client.get_json(&format!("/v1/backups/{id}")).await?;
+    Ok(BackupReport {
+        backup_id: id.to_owned(),
+        source: m.source.clone(),
+        base: m.base.as_ref().map(|b| b.to_string()),
+        resumed,
+        logical_bytes: m.stats.logical_bytes,
+        read_bytes: m.stats.read_bytes,
+        skipped_bytes: if skipped.is_empty() {
+            m.stats.skipped_bytes.clone()
+        } else {
+            skipped
+        },
+        blocks: 0,
+        records: 0,
+        chunks_uploaded: 0,
+        sent_bytes: 0,
+        new_chunks: m.stats.new_chunks,
+        reused_chunks: m.stats.reused_chunks,
+        stored_bytes: m.stats.stored_bytes,
+        duration_ms: started.elapsed().as_millis() as u64,
+        peak_rss_bytes: peak_rss(),
+        disks: opts
+            .disks
+            .iter()
+            .zip(plans)
+            .map(|((n, p), plan)| DiskReport {
+                name: n.clone(),
+                path: p.display().to_string(),
+                size: plan.size,
+                found: plan.found.clone(),
+                cbt: opts.cbt.contains_key(n),
+            })
+            .collect(),
+    })
+}
+
+/// Reads the planned bytes of one block; dropped bytes stay zero.
+fn read_block(disk: &Disk, plan: &DiskPlan, d: usize, block: u64, bs: u64) -> Result<Item> {
+    let start = block * bs;
+    let end = (start + bs).min(plan.size);
+    let parts = plan.read.clip(start, end);
+    let mut item = Item {
+        disk: d,
+        block,
+        read: 0,
+        data: None,
+        id: ChunkId::HOLE,
+        zero: false,
+    };
+    if parts.is_empty() {
+        return Ok(item);
+    }
+    let mut buf = vec![0u8; (end - start) as usize];
+    for (a, b) in parts {
+        disk.read_at(&mut buf[(a - start) as usize..(b - start) as usize], a)?;
+        item.read += b - a;
+    }
+    if buf.iter().all(|&x| x == 0) {
+        item.zero = true;
+    } else {
+        item.data = Some(buf);
+    }
+    Ok(item)
+}
+
+struct Coordinator<'a> {
+    client: &'a RepoClient,
+    session: &'a str,
+    journal: &'a mut Journal,
+    names: &'a [String],
+    base_index: &'a [Option<Vec<ChunkId>>],
+    /// Chunks pinned to the session by find-missing or upload.
+    known: HashSet<ChunkId>,
+    level: i32,
+    streams: usize,
+    progress: &'a Arc<Progress>,
+    uploaded: u64,
+    sent: u64,
+    records: u64,
+    zero_bytes: u64,
+    unchanged_read: u64,
+    blocks: u64,
+}
+
+impl Coordinator<'_> {
+    /// Uploads what the repository lacks of one batch (one disk), then appends its records.
+    async fn flush(&mut self, batch: Vec<Item>, bs: u64) -> Result<()> {
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        let d = first.disk;
+        let name = self.names[d].clone();
+        let base = self.base_index[d].as_ref();
+        let mut recs = Vec::new();
+        for it in &batch {
+            self.blocks += 1;
+            if it.zero {
+                self.zero_bytes += it.read;
+            }
+            let in_base = base.and_then(|b| b.get(it.block as usize)).copied();
+            let record = match in_base {
+                Some(prev) => prev != it.id,
+                None => !it.id.is_hole(),
+            };
+            if record {
+                recs.push(IndexRecord {
+                    block: it.block,
+                    id: it.id,
+                });
+            } else if !it.id.is_hole() {
+                self.unchanged_read += it.read;
+            }
+            self.progress.done.fetch_add(bs, Ordering::Relaxed);
+        }
+        // Ask about what this session has not pinned yet.
+        let mut need: Vec<ChunkId> = recs
+            .iter()
+            .map(|r| r.id)
+            .filter(|c| !c.is_hole() && !self.known.contains(c))
+            .collect();
+        need.sort_unstable();
+        need.dedup();
+        let mut missing = HashSet::new();
+        for part in need.chunks(65_536) {
+            let body: Vec<u8> = part.iter().flat_map(|c| c.0).collect();
+            let a = self
+                .client
+                .send(
+                    Method::POST,
+                    &format!("/v1/sessions/{}/find-missing", self.session),
+                    &[("content-type", "application/octet-stream")],
+                    body.into(),
+                )
+                .await?;
+            missing.extend(a.body.chunks_exact(32).filter_map(ChunkId::from_slice));
+        }
+        self.known
+            .extend(need.iter().filter(|c| !missing.contains(c)));
+        // Compress and upload the missing ones, `streams` at a time.
+        let sem = Arc::new(tokio::sync::Semaphore::new(self.streams));
+        let mut tasks = tokio::task::JoinSet::new();
+        for it in &batch {
+            let Some(data) = &it.data else { continue };
+            if !missing.remove(&it.id) {
+                continue;
+            }
+            let permit = sem
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            let (client, session, id, level, block) = (
+                self.client.clone(),
+                self.session.to_owned(),
+                it.id,
+                self.level,
+                it.block,
+            );
+            let data = data.clone();
+            let disk = name.clone();
+            tasks.spawn(async move {
+                let len = data.len();
+                let frame = tokio::task::spawn_blocking(move || zstd::bulk::compress(&data, level))
+                    .await
+                    .map_err(|e| Error::Invalid(e.to_string()))?
+                    .map_err(|e| {
+                        Error::io(format!("compressing block {block} of disk {disk}"), e)
+                    })?;
+                let n = frame.len() as u64;
+                client
+                    .put_chunk(&session, &id, Bytes::from(frame), len)
+                    .await?;
+                drop(permit);
+                Ok::<u64, Error>(n)
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            let n = r.map_err(|e| Error::Invalid(format!("upload task failed: {e}")))??;
+            self.uploaded += 1;
+            self.sent += n;
+            self.progress.sent.fetch_add(n, Ordering::Relaxed);
+        }
+        self.known
+            .extend(recs.iter().map(|r| r.id).filter(|c| !c.is_hole()));
+        // Records, then the journal.
+        let state = self.journal.disks.entry(name.clone()).or_default();
+        let before = state.entries;
+        if !recs.is_empty() {
+            let body = IndexRecord::encode_all(&recs);
+            let path = format!(
+                "/v1/sessions/{}/disks/{name}/entries?start={before}",
+                self.session
+            );
+            let a = self
+                .client
+                .send(
+                    Method::PUT,
+                    &path,
+                    &[("content-type", "application/octet-stream")],
+                    body.clone().into(),
+                )
+                .await?;
+            let held: u64 = a
+                .headers
+                .get("index-entries")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
+            let expect = before + recs.len() as u64;
+            if held != expect {
+                return Err(Error::Invalid(format!(
+                    "disk {name}: the repository holds {held} records, expected {expect}; the session is inconsistent"
+                )));
+            }
+            self.journal.append_records(&name, before, &body)?;
+            self.records += recs.len() as u64;
+        }
+        let last = batch.last().map(|i| i.block + 1).unwrap_or(0);
+        let state = self.journal.disks.entry(name).or_default();
+        state.entries = before + recs.len() as u64;
+        state.next_block = state.next_block.max(last);
+        self.journal.save()
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,261 @@
+//! The repository client: HTTP/2 with prior knowledge over one connection (many concurrent
+//! streams), large flow-control windows, retries with exponential backoff for network faults and
+//! 429/502/503/504, and an optional byte-rate limit on chunk uploads.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// An answer read whole.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status (always 2xx; other statuses are errors).
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON.
+    ///
+    /// # Errors
+    /// When it is not the expected JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Error::Invalid(format!("unexpected answer from the repository: {e}")))
+    }
+}
+
+/// Limits bytes per second with a token bucket (burst: one second's worth).
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: f64,
+    state: tokio::sync::Mutex<(f64, Instant)>,
+}
+
+impl RateLimit {
+    /// A limit of `bytes_per_second`.
+    pub fn new(bytes_per_second: u64) -> RateLimit {
+        let rate = bytes_per_second.max(1) as f64;
+        RateLimit {
+            rate,
+            state: tokio::sync::Mutex::new((rate, Instant::now())),
+        }
+    }
+
+    /// Waits until `n` bytes may be sent.
+    pub async fn take(&self, n: usize) {
+        let mut s = self.state.lock().await;
+        let now = Instant::now();
+        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
+        s.1 = now;
+        s.0 -= n as f64;
+        if s.0 < 0.0 {
+            let wait = Duration::from_secs_f64(-s.0 / self.rate);
+            // Holding the lock while sleeping serialises senders, which is what a limit means.
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// A client of one repository with one token.
+#[derive(Debug, Clone)]
+pub struct RepoClient {
+    base: String,
+    auth: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+    /// How long retryable failures are retried before giving up.
+    pub retry_for: Duration,
+    limit: Option<Arc<RateLimit>>,
+}
+
+impl RepoClient {
+    /// A client for `url` (`http://host:port`, HTTP/2 prior knowledge).
+    ///
+    /// # Errors
+    /// An unsupported URL.
+    pub fn new(
+        url: &str,
+        token: &str,
+        retry_for: Duration,
+        limit_rate: Option<u64>,
+    ) -> Result<RepoClient> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") {
+            return Err(Error::Invalid(format!(
+                "repository URL {url:?}: the mover speaks HTTP/2 with prior knowledge (http://host:port); TLS is not supported yet"
+            )));
+        }
+        let mut b = Client::builder(TokioExecutor::new());
+        b.http2_only(true)
+            .http2_initial_stream_window_size(8 << 20)
+            .http2_initial_connection_window_size(64 << 20)
+            .http2_max_frame_size(1 << 20)
+            .http2_max_send_buf_size(4 << 20)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .http2_keep_alive_timeout(Duration::from_secs(20))
+            .timer(hyper_util::rt::TokioTimer::new());
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(Duration::from_secs(10)));
+        Ok(RepoClient {
+            base,
+            auth: format!("Bearer {}", token.trim()),
+            http: b.build(conn),
+            retry_for,
+            limit: limit_rate.map(|r| Arc::new(RateLimit::new(r))),
+        })
+    }
+
+    /// The repository URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request, retrying retryable failures with backoff for up to `retry_for`.
+    ///
+    /// # Errors
+    /// The repository's refusal, or the last network error once the retry time is spent.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Answer> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.once(method.clone(), path, headers, body.clone()).await {
+                Err(e) if e.is_retryable() && started.elapsed() + delay < self.retry_for => {
+                    eprintln!(
+                        "source-mover: {e}; retrying {method} {path} in {:.1}s",
+                        delay.as_secs_f64()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn once(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Answer> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", &self.auth);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b
+            .body(Full::new(body))
+            .map_err(|e| Error::Invalid(format!("bad request {path}: {e}")))?;
+        let net = |e: &dyn std::fmt::Display| Error::Network {
+            url: self.base.clone(),
+            message: e.to_string(),
+        };
+        let resp = self.http.request(req).await.map_err(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            net(&msg)
+        })?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| net(&e))?.to_bytes();
+        if parts.status.is_success() {
+            return Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            });
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        Err(Error::Repo {
+            status: parts.status.as_u16(),
+            code: v["error"]["code"].as_str().unwrap_or("").to_owned(),
+            message: v["error"]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
+        })
+    }
+
+    /// GET and decode JSON.
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(Method::GET, path, &[], Bytes::new())
+            .await?
+            .json()
+    }
+
+    /// Sends JSON.
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        v: &impl serde::Serialize,
+    ) -> Result<Answer> {
+        let body = serde_json::to_vec(v).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.send(
+            method,
+            path,
+            &[("content-type", "application/json")],
+            body.into(),
+        )
+        .await
+    }
+
+    /// Uploads one chunk frame, under the rate limit.
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn put_chunk(
+        &self,
+        session: &str,
+        id: &schema::ChunkId,
+        frame: Bytes,
+        raw_len: usize,
+    ) -> Result<Answer> {
+        if let Some(l) = &self.limit {
+            l.take(frame.len()).await;
+        }
+        let len = raw_len.to_string();
+        let h = [
+            ("content-type", "application/zstd"),
+            ("chunk-length", len.as_str()),
+        ];
+        self.send(
+            Method::PUT,
+            &format!("/v1/sessions/{session}/chunks/{id}"),
+            &h,
+            frame,
+        )
+        .await
+    }
+}

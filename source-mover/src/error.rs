@@ -1,0 +1,71 @@
+//! Errors of the mover. Policy: every error names what it concerns (the disk and offset, the
+//! chunk, the repository URL, the file); repository refusals keep the protocol's error code;
+//! [`Error::is_retryable`] decides what the client retries (network faults, 429, 502-504).
+
+/// A mover error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A local file or device.
+    #[error("{path}: {source}")]
+    Io {
+        /// What was being accessed (with offset where it matters).
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The repository refused a request.
+    #[error("repository answered {status} {code}: {message}")]
+    Repo {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code from the protocol.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The repository could not be reached or the connection broke.
+    #[error("cannot reach the repository at {url}: {message}")]
+    Network {
+        /// Repository URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A block read back does not match its digest.
+    #[error("chunk {chunk} (block {block} of disk {disk}): {message}")]
+    Corrupt {
+        /// Disk.
+        disk: String,
+        /// Block number.
+        block: u64,
+        /// Chunk id.
+        chunk: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Bad arguments or input files.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether retrying the same request may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Network { .. } => true,
+            Error::Repo { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+            _ => false,
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+}

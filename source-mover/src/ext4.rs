@@ -1,0 +1,408 @@
+//! ext2/3/4 on-disk structures, read-only: the superblock, group descriptors and block bitmaps
+//! (which blocks are free), and the inode and directory walk used to find excluded files.
+//!
+//! Anything unexpected (a feature we do not understand, a descriptor pointing outside the file
+//! system) makes [`Ext4::open`] return `None` or a walk skip the entry, so the caller reads more,
+//! never less: a wrong guess here must never drop data.
+
+use crate::disk::Disk;
+use crate::error::Result;
+use crate::ranges::Ranges;
+
+const MAGIC: u16 = 0xEF53;
+const INCOMPAT_META_BG: u32 = 0x10;
+const INCOMPAT_64BIT: u32 = 0x80;
+const BG_BLOCK_UNINIT: u16 = 0x2;
+/// Incompat features this reader understands (filetype, recover, journal dev excluded, meta_bg
+/// excluded, extents, 64bit, mmp, flex_bg, ea_inode, dirdata, csum_seed, largedir, inline_data,
+/// encrypt, casefold).
+const INCOMPAT_KNOWN: u32 = 0x2
+    | 0x4
+    | 0x40
+    | 0x80
+    | 0x100
+    | 0x200
+    | 0x400
+    | 0x1000
+    | 0x2000
+    | 0x4000
+    | 0x8000
+    | 0x10000
+    | 0x20000;
+
+/// An ext2/3/4 file system inside a partition.
+#[derive(Debug)]
+pub struct Ext4<'a> {
+    disk: &'a Disk,
+    /// Partition start on the disk.
+    pub offset: u64,
+    /// File system block size.
+    pub block_size: u64,
+    blocks: u64,
+    first_data_block: u64,
+    blocks_per_group: u64,
+    inodes_per_group: u64,
+    inode_size: u64,
+    desc_size: u64,
+    groups: u64,
+    reserved_gdt: u64,
+    descs: Vec<u8>,
+}
+
+fn le16(b: &[u8], at: usize) -> u64 {
+    u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+fn le32(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+}
+
+impl<'a> Ext4<'a> {
+    /// Recognises a file system at `offset` (`len` bytes long); `None` when there is none or it
+    /// uses features this reader does not understand.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn open(disk: &'a Disk, offset: u64, len: u64) -> Result<Option<Ext4<'a>>> {
+        if len < 2048 {
+            return Ok(None);
+        }
+        let mut sb = vec![0u8; 1024];
+        disk.read_at(&mut sb, offset + 1024)?;
+        if le16(&sb, 56) as u16 != MAGIC {
+            return Ok(None);
+        }
+        let incompat = le32(&sb, 96) as u32;
+        if incompat & !INCOMPAT_KNOWN != 0 || incompat & INCOMPAT_META_BG != 0 {
+            return Ok(None);
+        }
+        let log = le32(&sb, 24);
+        if log > 6 {
+            return Ok(None);
+        }
+        let block_size = 1024u64 << log;
+        let is64 = incompat & INCOMPAT_64BIT != 0;
+        let blocks = le32(&sb, 4) | if is64 { le32(&sb, 336) << 32 } else { 0 };
+        let first_data_block = le32(&sb, 20);
+        let blocks_per_group = le32(&sb, 32);
+        let inodes_per_group = le32(&sb, 40);
+        let rev = le32(&sb, 76);
+        let inode_size = if rev == 0 { 128 } else { le16(&sb, 88) };
+        let desc_size = if is64 { le16(&sb, 254).max(32) } else { 32 };
+        if blocks_per_group == 0
+            || inodes_per_group == 0
+            || blocks == 0
+            || blocks * block_size > len
+            || inode_size < 128
+        {
+            return Ok(None);
+        }
+        let groups = (blocks - first_data_block).div_ceil(blocks_per_group);
+        let gdt_bytes = groups * desc_size;
+        let gdt_at = offset + (first_data_block + 1) * block_size;
+        if gdt_at + gdt_bytes > offset + len {
+            return Ok(None);
+        }
+        let mut descs = vec![0u8; gdt_bytes as usize];
+        disk.read_at(&mut descs, gdt_at)?;
+        let reserved_gdt = le16(&sb, 206);
+        Ok(Some(Ext4 {
+            disk,
+            offset,
+            block_size,
+            blocks,
+            first_data_block,
+            blocks_per_group,
+            inodes_per_group,
+            inode_size,
+            desc_size,
+            groups,
+            reserved_gdt,
+            descs,
+        }))
+    }
+
+    fn desc(&self, g: u64) -> &[u8] {
+        &self.descs[(g * self.desc_size) as usize..((g + 1) * self.desc_size) as usize]
+    }
+
+    fn desc_block(&self, g: u64, lo: usize, hi: usize) -> u64 {
+        let d = self.desc(g);
+        le32(d, lo)
+            | if self.desc_size >= 64 {
+                le32(d, hi) << 32
+            } else {
+                0
+            }
+    }
+
+    /// Free blocks as absolute byte ranges on the disk.
+    ///
+    /// A group whose bitmap is uninitialised (`BLOCK_UNINIT`) is free except for its first
+    /// blocks (superblock backup, descriptors, reserved descriptors) and the metadata of any
+    /// group that lives in it, all of which are kept.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn free_ranges(&self) -> Result<Ranges> {
+        let bs = self.block_size;
+        let gdt_blocks = (self.groups * self.desc_size).div_ceil(bs);
+        let itable_blocks = (self.inodes_per_group * self.inode_size).div_ceil(bs);
+        // Metadata of every group, wherever it lives (flex_bg packs it together).
+        let mut meta = Vec::new();
+        for g in 0..self.groups {
+            let bb = self.desc_block(g, 0, 0x20);
+            let ib = self.desc_block(g, 4, 0x24);
+            let it = self.desc_block(g, 8, 0x28);
+            meta.push((bb, bb + 1));
+            meta.push((ib, ib + 1));
+            meta.push((it, it + itable_blocks));
+        }
+        let meta = Ranges::from_unsorted(meta);
+        let mut free = Vec::new();
+        let mut bitmap = vec![0u8; bs as usize];
+        for g in 0..self.groups {
+            let first = self.first_data_block + g * self.blocks_per_group;
+            let count = self.blocks_per_group.min(self.blocks - first);
+            let flags = le16(self.desc(g), 18) as u16;
+            let bb = self.desc_block(g, 0, 0x20);
+            if flags & BG_BLOCK_UNINIT != 0 {
+                let keep = 1 + gdt_blocks + self.reserved_gdt;
+                let group = Ranges::single(first + keep.min(count), first + count);
+                for (a, b) in group.subtract(&meta).as_slice() {
+                    free.push((*a, *b));
+                }
+                continue;
+            }
+            if bb >= self.blocks {
+                continue; // a descriptor we cannot trust: keep the whole group
+            }
+            self.disk.read_at(&mut bitmap, self.offset + bb * bs)?;
+            let mut run: Option<u64> = None;
+            for i in 0..count {
+                let used = bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0;
+                match (used, run) {
+                    (false, None) => run = Some(first + i),
+                    (true, Some(s)) => {
+                        free.push((s, first + i));
+                        run = None;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(s) = run {
+                free.push((s, first + count));
+            }
+        }
+        // Never drop the boot block and superblock, whatever a bitmap says.
+        let blocks = Ranges::from_unsorted(free).subtract(&Ranges::single(0, 2048u64.div_ceil(bs)));
+        Ok(self.to_bytes(&blocks))
+    }
+
+    /// Converts block ranges of this file system into absolute byte ranges on the disk.
+    pub fn to_bytes(&self, blocks: &Ranges) -> Ranges {
+        let bs = self.block_size;
+        Ranges::from_unsorted(
+            blocks
+                .as_slice()
+                .iter()
+                .map(|&(a, b)| (self.offset + a * bs, self.offset + b * bs))
+                .collect(),
+        )
+    }
+
+    /// Reads inode `ino` (its first 160 bytes at most).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn inode(&self, ino: u64) -> Result<Option<Inode>> {
+        if ino == 0 || ino > self.groups * self.inodes_per_group {
+            return Ok(None);
+        }
+        let g = (ino - 1) / self.inodes_per_group;
+        let idx = (ino - 1) % self.inodes_per_group;
+        let table = self.desc_block(g, 8, 0x28);
+        if table >= self.blocks {
+            return Ok(None);
+        }
+        let mut raw = vec![0u8; self.inode_size.min(160) as usize];
+        self.disk.read_at(
+            &mut raw,
+            self.offset + table * self.block_size + idx * self.inode_size,
+        )?;
+        Ok(Some(Inode { raw }))
+    }
+
+    /// The data blocks of an inode, as (logical block, physical block, count) runs, and the
+    /// metadata blocks (extent tree nodes, indirect blocks) that map them.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn block_map(&self, inode: &Inode) -> Result<(Vec<Run>, Vec<u64>)> {
+        let mut data = Vec::new();
+        let mut meta = Vec::new();
+        if inode.flags() & 0x1000_0000 != 0 {
+            return Ok((data, meta)); // inline data: no blocks
+        }
+        if inode.flags() & 0x8_0000 != 0 {
+            self.extent_node(&inode.raw[40..100], 0, &mut data, &mut meta)?;
+        } else if !inode.is_fast_symlink() {
+            self.indirect(&inode.raw[40..100], &mut data, &mut meta)?;
+        }
+        Ok((data, meta))
+    }
+
+    fn extent_node(
+        &self,
+        node: &[u8],
+        depth_guard: u32,
+        data: &mut Vec<Run>,
+        meta: &mut Vec<u64>,
+    ) -> Result<()> {
+        if node.len() < 12 || le16(node, 0) != 0xF30A || depth_guard > 8 {
+            return Ok(());
+        }
+        let entries = le16(node, 2) as usize;
+        let depth = le16(node, 6);
+        for i in 0..entries {
+            let e = 12 + i * 12;
+            if e + 12 > node.len() {
+                break;
+            }
+            if depth == 0 {
+                let logical = le32(node, e);
+                let mut len = le16(node, e + 4);
+                if len > 32768 {
+                    len -= 32768; // uninitialised extent: still the file's blocks
+                }
+                let phys = (le16(node, e + 6) << 32) | le32(node, e + 8);
+                if phys + len <= self.blocks {
+                    data.push((logical, phys, len));
+                }
+            } else {
+                let leaf = (le16(node, e + 8) << 32) | le32(node, e + 4);
+                if leaf >= self.blocks {
+                    continue;
+                }
+                meta.push(leaf);
+                let mut buf = vec![0u8; self.block_size as usize];
+                self.disk
+                    .read_at(&mut buf, self.offset + leaf * self.block_size)?;
+                self.extent_node(&buf, depth_guard + 1, data, meta)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn indirect(&self, iblock: &[u8], data: &mut Vec<Run>, meta: &mut Vec<u64>) -> Result<()> {
+        let per = self.block_size / 4;
+        for i in 0..12 {
+            let b = le32(iblock, i * 4);
+            if b != 0 && b < self.blocks {
+                data.push((i as u64, b, 1));
+            }
+        }
+        let mut logical = 12u64;
+        for (slot, level) in [(12usize, 1u32), (13, 2), (14, 3)] {
+            let b = le32(iblock, slot * 4);
+            let span = per.pow(level);
+            if b != 0 && b < self.blocks {
+                self.indirect_level(b, level, logical, data, meta)?;
+            }
+            logical += span;
+        }
+        Ok(())
+    }
+
+    fn indirect_level(
+        &self,
+        block: u64,
+        level: u32,
+        logical: u64,
+        data: &mut Vec<Run>,
+        meta: &mut Vec<u64>,
+    ) -> Result<()> {
+        meta.push(block);
+        let per = self.block_size / 4;
+        let mut buf = vec![0u8; self.block_size as usize];
+        self.disk
+            .read_at(&mut buf, self.offset + block * self.block_size)?;
+        let span = per.pow(level - 1);
+        for i in 0..per {
+            let b = le32(&buf, (i * 4) as usize);
+            if b == 0 || b >= self.blocks {
+                continue;
+            }
+            if level == 1 {
+                data.push((logical + i, b, 1));
+            } else {
+                self.indirect_level(b, level - 1, logical + i * span, data, meta)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries of a directory inode: (name, inode number, file type byte).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn read_dir(&self, dir: &Inode) -> Result<Vec<(Vec<u8>, u64, u8)>> {
+        let (runs, _) = self.block_map(dir)?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; self.block_size as usize];
+        for (_, phys, len) in runs {
+            for b in phys..phys + len {
+                self.disk
+                    .read_at(&mut buf, self.offset + b * self.block_size)?;
+                let mut at = 0usize;
+                while at + 8 <= buf.len() {
+                    let ino = le32(&buf, at);
+                    let rec = le16(&buf, at + 4) as usize;
+                    let name_len = buf[at + 6] as usize;
+                    if rec < 8 || at + rec > buf.len() || 8 + name_len > rec {
+                        break;
+                    }
+                    if ino != 0 && name_len > 0 {
+                        out.push((buf[at + 8..at + 8 + name_len].to_vec(), ino, buf[at + 7]));
+                    }
+                    at += rec;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A run of file blocks: (first logical block, first physical block, count).
+pub type Run = (u64, u64, u64);
+
+/// An inode's first bytes.
+#[derive(Debug, Clone)]
+pub struct Inode {
+    raw: Vec<u8>,
+}
+
+impl Inode {
+    /// `i_mode`.
+    pub fn mode(&self) -> u16 {
+        le16(&self.raw, 0) as u16
+    }
+    /// `i_flags`.
+    pub fn flags(&self) -> u64 {
+        le32(&self.raw, 32)
+    }
+    /// Whether a directory.
+    pub fn is_dir(&self) -> bool {
+        self.mode() & 0xF000 == 0x4000
+    }
+    /// Whether a regular file.
+    pub fn is_file(&self) -> bool {
+        self.mode() & 0xF000 == 0x8000
+    }
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        le32(&self.raw, 4) | (le32(&self.raw, 108) << 32)
+    }
+    fn is_fast_symlink(&self) -> bool {
+        self.mode() & 0xF000 == 0xA000 && self.size() < 60
+    }
+}

@@ -1,0 +1,30 @@
+//! The source mover (backup proxy): reads only the blocks of a VM disk that matter, hashes them,
+//! sends the repository only what it lacks, and restores disks back.
+//!
+//! Module map:
+//! - [`disk`]: raw images (sparse-aware) and block devices.
+//! - [`partition`], [`ext4`], [`blockmap`]: what must be read — partitions, swap, free blocks,
+//!   excluded files, holes.
+//! - [`ranges`]: byte-range arithmetic. [`cbt`]: changed-block lists.
+//! - [`client`]: the HTTP/2 repository client (retries, rate limit).
+//! - [`backup`]: the read → hash → find-missing → compress → upload → record → commit pipeline.
+//! - [`journal`]: what makes an interrupted backup resumable.
+//! - [`restore`]: restore and verify.
+//! - [`progress`]: progress on stderr.
+//! - [`demo`]: the end-to-end demonstration behind `source-mover demo`.
+
+pub mod backup;
+pub mod blockmap;
+pub mod cbt;
+pub mod client;
+pub mod demo;
+pub mod disk;
+pub mod error;
+pub mod ext4;
+pub mod journal;
+pub mod partition;
+pub mod progress;
+pub mod ranges;
+pub mod restore;
+
+pub use error::{Error, Result};

@@ -1,0 +1,178 @@
+//! Partition tables: MBR (with extended and logical partitions) and GPT (behind a protective
+//! MBR). Sector size 512; a GPT header at 4096 (4 KiB sectors) is also recognised.
+
+use crate::disk::Disk;
+use crate::error::Result;
+
+/// What a partition table says a partition is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// MBR type byte.
+    Mbr(u8),
+    /// GPT partition type GUID (on-disk byte order).
+    Gpt([u8; 16]),
+}
+
+/// GPT type GUID of Linux swap, 0657FD6D-A4AB-43C4-84E5-0933C84B4F4F, in on-disk order.
+pub const GPT_LINUX_SWAP: [u8; 16] = [
+    0x6D, 0xFD, 0x57, 0x06, 0xAB, 0xA4, 0xC4, 0x43, 0x84, 0xE5, 0x09, 0x33, 0xC8, 0x4B, 0x4F, 0x4F,
+];
+
+impl Kind {
+    /// Whether the table marks it as Linux swap.
+    pub fn is_swap(&self) -> bool {
+        matches!(self, Kind::Mbr(0x82)) || *self == Kind::Gpt(GPT_LINUX_SWAP)
+    }
+}
+
+/// One partition, in bytes from the start of the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// 1-based number as Linux names it (logical partitions start at 5).
+    pub number: u32,
+    /// First byte.
+    pub start: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Type.
+    pub kind: Kind,
+}
+
+fn u32le(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+}
+
+fn u64le(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Reads the partition table; an empty list when there is none (or it is unreadable, in which
+/// case the whole disk is simply read).
+///
+/// # Errors
+/// I/O errors reading the disk.
+pub fn read(disk: &Disk) -> Result<Vec<Partition>> {
+    if disk.size < 1024 {
+        return Ok(Vec::new());
+    }
+    let mut mbr = vec![0u8; 512];
+    disk.read_at(&mut mbr, 0)?;
+    if mbr[510] != 0x55 || mbr[511] != 0xAA {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<(u8, u64, u64)> = (0..4)
+        .map(|i| 446 + i * 16)
+        .map(|o| (mbr[o + 4], u32le(&mbr, o + 8), u32le(&mbr, o + 12)))
+        .collect();
+    if entries.iter().any(|e| e.0 == 0xEE) {
+        return read_gpt(disk);
+    }
+    let mut out = Vec::new();
+    for (i, &(kind, lba, sectors)) in entries.iter().enumerate() {
+        if kind == 0 || sectors == 0 {
+            continue;
+        }
+        if matches!(kind, 0x05 | 0x0F | 0x85) {
+            read_logical(disk, lba * 512, &mut out)?;
+            continue;
+        }
+        out.push(Partition {
+            number: i as u32 + 1,
+            start: lba * 512,
+            len: sectors * 512,
+            kind: Kind::Mbr(kind),
+        });
+    }
+    Ok(clip(out, disk.size))
+}
+
+/// Follows the chain of extended boot records.
+fn read_logical(disk: &Disk, ext_start: u64, out: &mut Vec<Partition>) -> Result<()> {
+    let mut ebr_at = ext_start;
+    let mut number = 5;
+    // A chain longer than this is corrupt or a loop.
+    for _ in 0..128 {
+        if ebr_at + 512 > disk.size {
+            break;
+        }
+        let mut ebr = vec![0u8; 512];
+        disk.read_at(&mut ebr, ebr_at)?;
+        if ebr[510] != 0x55 || ebr[511] != 0xAA {
+            break;
+        }
+        let (kind, lba, sectors) = (ebr[446 + 4], u32le(&ebr, 446 + 8), u32le(&ebr, 446 + 12));
+        if kind != 0 && sectors != 0 {
+            out.push(Partition {
+                number,
+                start: ebr_at + lba * 512,
+                len: sectors * 512,
+                kind: Kind::Mbr(kind),
+            });
+            number += 1;
+        }
+        let next = u32le(&ebr, 462 + 8);
+        if ebr[462 + 4] == 0 || next == 0 {
+            break;
+        }
+        ebr_at = ext_start + next * 512;
+    }
+    Ok(())
+}
+
+fn read_gpt(disk: &Disk) -> Result<Vec<Partition>> {
+    for sector in [512u64, 4096] {
+        if disk.size < sector * 2 {
+            continue;
+        }
+        let mut hdr = vec![0u8; 92];
+        disk.read_at(&mut hdr, sector)?;
+        if &hdr[..8] != b"EFI PART" {
+            continue;
+        }
+        let (table, count, size) = (u64le(&hdr, 72), u32le(&hdr, 80), u32le(&hdr, 84));
+        if !(128..=4096).contains(&size) || count > 4096 {
+            return Ok(Vec::new());
+        }
+        let bytes = (count * size) as usize;
+        if table * sector + bytes as u64 > disk.size {
+            return Ok(Vec::new());
+        }
+        let mut t = vec![0u8; bytes];
+        disk.read_at(&mut t, table * sector)?;
+        let mut out = Vec::new();
+        for i in 0..count as usize {
+            let e = &t[i * size as usize..];
+            let mut guid = [0u8; 16];
+            guid.copy_from_slice(&e[..16]);
+            if guid == [0; 16] {
+                continue;
+            }
+            let (first, last) = (u64le(e, 32), u64le(e, 40));
+            if last < first {
+                continue;
+            }
+            out.push(Partition {
+                number: i as u32 + 1,
+                start: first * sector,
+                len: (last - first + 1) * sector,
+                kind: Kind::Gpt(guid),
+            });
+        }
+        return Ok(clip(out, disk.size));
+    }
+    Ok(Vec::new())
+}
+
+/// Drops partitions that start past the end and cuts those that run over it.
+fn clip(parts: Vec<Partition>, size: u64) -> Vec<Partition> {
+    parts
+        .into_iter()
+        .filter(|p| p.start < size)
+        .map(|p| Partition {
+            len: p.len.min(size - p.start),
+            ..p
+        })
+        .collect()
+}
