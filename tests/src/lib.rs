@@ -9,8 +9,11 @@
 
 pub mod backup;
 pub mod client;
+pub mod images;
 pub mod server;
 
 pub use backup::{backup_disk, DiskUpload};
 pub use client::{Client, Resp};
-pub use server::{snapshot, ChildServer, TestServer, ADMIN, BACKUP_A, BACKUP_B, READER_A};
+pub use server::{
+    mover_binary, snapshot, ChildServer, TestServer, ADMIN, BACKUP_A, BACKUP_B, READER_A,
+};

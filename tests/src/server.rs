@@ -112,6 +112,11 @@ pub fn server_binary() -> PathBuf {
     bin
 }
 
+/// Path of the built `source-mover` binary.
+pub fn mover_binary() -> PathBuf {
+    server_binary().with_file_name("source-mover")
+}
+
 /// The `repo-server` binary as a child process.
 #[derive(Debug)]
 pub struct ChildServer {
@@ -123,9 +128,14 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts the binary on `data` with the test tokens, listening on an ephemeral port.
     pub fn start(data: &Path) -> ChildServer {
+        Self::start_at(data, "127.0.0.1:0")
+    }
+
+    /// Starts the binary on `data`, listening on `listen`.
+    pub fn start_at(data: &Path, listen: &str) -> ChildServer {
         std::fs::create_dir_all(data).unwrap();
         let cfg_path = data.with_extension("toml");
-        let mut text = format!("listen = \"127.0.0.1:0\"\ndata = \"{}\"\n", data.display());
+        let mut text = format!("listen = \"{listen}\"\ndata = \"{}\"\n", data.display());
         for t in tokens() {
             let role = match t.role {
                 Role::Admin => "admin",
@@ -177,6 +187,12 @@ impl ChildServer {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         None
+    }
+
+    /// SIGKILL, keeping the value (to be replaced by a restarted server).
+    pub fn kill9_in_place(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// SIGKILL: no shutdown, no flush.

@@ -6,6 +6,7 @@ mod concurrency;
 mod crash;
 mod hostile;
 mod limits;
+mod mover;
 mod protocol;
 mod tenancy;
 mod tls;

@@ -1,0 +1,263 @@
+//! Disk images for tests, made with the real tools: `sfdisk`, `mke2fs -d`, `mkswap`, and checks
+//! made with others: `dumpe2fs` (free blocks), `debugfs -R rdump` (files), `e2fsck -fn`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const MIB: u64 = 1 << 20;
+
+/// Partition table kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// MBR.
+    Dos,
+    /// GPT.
+    Gpt,
+}
+
+/// A built image.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The disk image.
+    pub path: PathBuf,
+    /// The tree the ext4 file system was made from.
+    pub tree: PathBuf,
+    /// The ext4 partition: offset and length.
+    pub fs: (u64, u64),
+    /// The swap partition: offset and length.
+    pub swap: (u64, u64),
+}
+
+/// Runs a command, panicking with its stderr on failure.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A file tree: small text files, a large random file, a sparse file, a `cache/` directory.
+pub fn make_tree(dir: &Path) -> PathBuf {
+    let t = dir.join("tree");
+    for sub in ["etc", "home/user/docs", "var/cache/app", "srv"] {
+        std::fs::create_dir_all(t.join(sub)).unwrap();
+    }
+    std::fs::write(t.join("etc/hostname"), "test-vm\n").unwrap();
+    for i in 0..150 {
+        let text = format!("document {i}\n").repeat(50 + i * 7);
+        std::fs::write(t.join(format!("home/user/docs/note-{i}.txt")), text).unwrap();
+    }
+    std::fs::write(t.join("srv/large.bin"), noise(6 * MIB as usize, 1)).unwrap();
+    let f = std::fs::File::create(t.join("srv/sparse.img")).unwrap();
+    f.set_len(8 * MIB).unwrap();
+    f.write_all_at(&noise(100_000, 2), 3 * MIB).unwrap();
+    for i in 0..3 {
+        std::fs::write(
+            t.join(format!("var/cache/app/blob-{i}.bin")),
+            noise(MIB as usize, 10 + i),
+        )
+        .unwrap();
+    }
+    t
+}
+
+/// The layout of a test disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    /// Partition table.
+    pub table: Table,
+    /// ext4 block size.
+    pub fs_block: u32,
+    /// ext4 partition size.
+    pub fs_mib: u64,
+    /// Swap partition size.
+    pub swap_mib: u64,
+    /// Unpartitioned space at the end.
+    pub tail_mib: u64,
+}
+
+/// Builds a disk: 1 MiB gap, ext4 (`fs_mib`, `fs_block` bytes per block) from `tree`, swap
+/// (`swap_mib`) with 4 MiB of dirty pages, then `tail_mib` unpartitioned.
+pub fn build(dir: &Path, name: &str, l: Layout, tree: &Path) -> Image {
+    let Layout {
+        table,
+        fs_block,
+        fs_mib,
+        swap_mib,
+        tail_mib,
+    } = l;
+
+    let fs_img = dir.join(format!("{name}.ext4"));
+    std::fs::File::create(&fs_img)
+        .unwrap()
+        .set_len(fs_mib * MIB)
+        .unwrap();
+    run(Command::new("mke2fs")
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            &fs_block.to_string(),
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
+        .arg(tree)
+        .arg(&fs_img));
+    let swap_img = dir.join(format!("{name}.swap"));
+    std::fs::File::create(&swap_img)
+        .unwrap()
+        .set_len(swap_mib * MIB)
+        .unwrap();
+    run(Command::new("mkswap").arg("-q").arg(&swap_img));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&swap_img)
+        .unwrap()
+        .write_all_at(&noise(4 * MIB as usize, 3), MIB)
+        .unwrap();
+    let path = dir.join(format!("{name}.raw"));
+    let size = (1 + fs_mib + swap_mib + tail_mib) * MIB;
+    std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+    let label = if table == Table::Dos { "dos" } else { "gpt" };
+    let script = format!(
+        "label: {label}\nstart=2048, size={}, type=L\nstart={}, size={}, type=S\n",
+        fs_mib * 2048,
+        2048 + fs_mib * 2048,
+        swap_mib * 2048
+    );
+    let mut sf = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(sf.wait().unwrap().success(), "sfdisk");
+    let disk = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for (img, off) in [(&fs_img, MIB), (&swap_img, (1 + fs_mib) * MIB)] {
+        let data = std::fs::read(img).unwrap();
+        for (i, c) in data.chunks(64 << 10).enumerate() {
+            if c.iter().any(|&b| b != 0) {
+                disk.write_all_at(c, off + (i as u64) * (64 << 10)).unwrap();
+            }
+        }
+    }
+    Image {
+        path,
+        tree: tree.to_owned(),
+        fs: (MIB, fs_mib * MIB),
+        swap: ((1 + fs_mib) * MIB, swap_mib * MIB),
+    }
+}
+
+/// Copies a partition out of a disk image into its own file.
+pub fn extract(disk: &Path, (off, len): (u64, u64), out: &Path) {
+    let f = std::fs::File::open(disk).unwrap();
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, off).unwrap();
+    std::fs::write(out, buf).unwrap();
+}
+
+/// Free blocks of an ext4 image as byte ranges, as `dumpe2fs` reports them.
+pub fn dumpe2fs_free(fs_img: &Path) -> Vec<(u64, u64)> {
+    let out = run(Command::new("dumpe2fs").arg(fs_img).stderr(Stdio::null()));
+    let bs: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut v = Vec::new();
+    for l in out.lines() {
+        let Some(list) = l.trim().strip_prefix("Free blocks: ") else {
+            continue;
+        };
+        for part in list.split(", ").filter(|p| !p.is_empty()) {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b): (u64, u64) = (a.trim().parse().unwrap(), b.trim().parse().unwrap());
+            v.push((a * bs, (b + 1) * bs));
+        }
+    }
+    v
+}
+
+/// `e2fsck -fn` on an ext4 image; panics with its output unless clean.
+pub fn fsck_clean(fs_img: &Path) {
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(fs_img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "e2fsck -fn {}: {}{}",
+        fs_img.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every regular file under `dir` with its content hash.
+pub fn tree_files(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.insert(
+                    e.path().strip_prefix(dir).unwrap().to_path_buf(),
+                    blake3::hash(&std::fs::read(e.path()).unwrap())
+                        .to_hex()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The files of an ext4 image, extracted with `debugfs -R "rdump / OUT"`.
+pub fn rdump(fs_img: &Path, out: &Path) -> BTreeMap<PathBuf, String> {
+    std::fs::create_dir_all(out).unwrap();
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("rdump / {}", out.display()))
+        .arg(fs_img)
+        .stderr(Stdio::null()));
+    let mut files = tree_files(out);
+    files.retain(|p, _| !p.starts_with("lost+found"));
+    files
+}
