@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Builds the repository server, starts it with its embedded defaults (127.0.0.1:8080,
-# ./repo-data, a generated admin token) and runs the README's curl walkthrough against it,
-# exactly as the README shows it. `--keep` leaves the server running afterwards.
+# The main job end to end, on embedded defaults: builds everything, runs `source-mover demo`
+# (a repository server on an ephemeral port, a VM disk built with real tools, full and CBT
+# incremental backups, restores checked with e2fsck and byte comparison), then starts
+# repo-server on its defaults (127.0.0.1:8080, ./repo-data, a generated admin token) and runs
+# the README's curl walkthrough against it, exactly as the README shows it.
+# `--keep` leaves that server running afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . scripts/env.sh
 cargo build --release --locked --workspace --all-targets
+"$CARGO_TARGET_DIR/release/source-mover" demo
 BIN="$CARGO_TARGET_DIR/release/repo-server"
 if curl -s -o /dev/null http://127.0.0.1:8080/healthz; then
   echo "quickstart: something already answers on 127.0.0.1:8080; stop it first" >&2; exit 1

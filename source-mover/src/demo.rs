@@ -288,14 +288,10 @@ fn summary(r: &BackupReport) -> String {
 /// # Errors
 /// Any step that fails, named.
 pub async fn demo(dir: Option<PathBuf>) -> Result<()> {
-    let tmp;
-    let dir = match dir {
-        Some(d) => d,
-        None => {
-            tmp = std::env::temp_dir().join(format!("source-mover-demo-{}", std::process::id()));
-            tmp
-        }
-    };
+    let keep = dir.is_some();
+    let dir = dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("source-mover-demo-{}", std::process::id()))
+    });
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
     say(&format!(
         "starting repo-server (data in {})",
@@ -429,9 +425,15 @@ pub async fn demo(dir: Option<PathBuf>) -> Result<()> {
         "{}",
         serde_json::to_string_pretty(&stats).unwrap_or_default()
     );
-    say(&format!(
-        "demo finished: everything checked. Files are in {}",
-        dir.display()
-    ));
+    if keep {
+        say(&format!(
+            "demo finished: everything checked. Files are in {}",
+            dir.display()
+        ));
+    } else {
+        drop(_server);
+        let _ = std::fs::remove_dir_all(&dir);
+        say("demo finished: everything checked (run with --dir DIR to keep the images and the repository)");
+    }
     Ok(())
 }
