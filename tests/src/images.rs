@@ -93,6 +93,25 @@ pub struct Layout {
     pub swap_mib: u64,
     /// Unpartitioned space at the end.
     pub tail_mib: u64,
+    /// File system type for `mke2fs -t` (ext2, ext3 or ext4).
+    pub fs_type: &'static str,
+    /// MBR only: put both partitions inside an extended partition (logical partitions 5, 6).
+    pub logical: bool,
+}
+
+impl Layout {
+    /// ext4 on MBR with the given block size and sizes.
+    pub fn ext4(table: Table, fs_block: u32, fs_mib: u64, swap_mib: u64, tail_mib: u64) -> Layout {
+        Layout {
+            table,
+            fs_block,
+            fs_mib,
+            swap_mib,
+            tail_mib,
+            fs_type: "ext4",
+            logical: false,
+        }
+    }
 }
 
 /// Builds a disk: 1 MiB gap, ext4 (`fs_mib`, `fs_block` bytes per block) from `tree`, swap
@@ -104,6 +123,8 @@ pub fn build(dir: &Path, name: &str, l: Layout, tree: &Path) -> Image {
         fs_mib,
         swap_mib,
         tail_mib,
+        fs_type,
+        logical,
     } = l;
 
     let fs_img = dir.join(format!("{name}.ext4"));
@@ -116,7 +137,7 @@ pub fn build(dir: &Path, name: &str, l: Layout, tree: &Path) -> Image {
             "-q",
             "-F",
             "-t",
-            "ext4",
+            fs_type,
             "-b",
             &fs_block.to_string(),
             "-E",
@@ -138,15 +159,26 @@ pub fn build(dir: &Path, name: &str, l: Layout, tree: &Path) -> Image {
         .write_all_at(&noise(4 * MIB as usize, 3), MIB)
         .unwrap();
     let path = dir.join(format!("{name}.raw"));
-    let size = (1 + fs_mib + swap_mib + tail_mib) * MIB;
+    let size = (4 + fs_mib + swap_mib + tail_mib) * MIB;
     std::fs::File::create(&path).unwrap().set_len(size).unwrap();
     let label = if table == Table::Dos { "dos" } else { "gpt" };
-    let script = format!(
-        "label: {label}\nstart=2048, size={}, type=L\nstart={}, size={}, type=S\n",
-        fs_mib * 2048,
-        2048 + fs_mib * 2048,
-        swap_mib * 2048
-    );
+    let script = if logical {
+        // Named nodes: sfdisk only makes logical partitions when told their numbers.
+        let node = path.display();
+        format!(
+            "label: dos\n{node}1 : start=2048, size={}, type=5\n{node}5 : size={}, type=L\n{node}6 : size={}, type=S\n",
+            (fs_mib + swap_mib + 3) * 2048,
+            fs_mib * 2048,
+            swap_mib * 2048
+        )
+    } else {
+        format!(
+            "label: {label}\nstart=2048, size={}, type=L\nstart={}, size={}, type=S\n",
+            fs_mib * 2048,
+            2048 + fs_mib * 2048,
+            swap_mib * 2048
+        )
+    };
     let mut sf = Command::new("sfdisk")
         .arg("-q")
         .arg(&path)
@@ -161,8 +193,27 @@ pub fn build(dir: &Path, name: &str, l: Layout, tree: &Path) -> Image {
         .write_all(script.as_bytes())
         .unwrap();
     assert!(sf.wait().unwrap().success(), "sfdisk");
+    // Where sfdisk put the partitions (logical ones sit behind their extended boot records).
+    let table_json: serde_json::Value =
+        serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(&path))).unwrap();
+    let parts = table_json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let find = |types: &[&str]| {
+        let p = parts
+            .iter()
+            .find(|p| types.contains(&p["type"].as_str().unwrap_or("")))
+            .unwrap();
+        (
+            p["start"].as_u64().unwrap() * 512,
+            p["size"].as_u64().unwrap() * 512,
+        )
+    };
+    let fs = find(&["83", "0FC63DAF-8483-4772-8E79-3D69D8477DE4"]);
+    let swap = find(&["82", "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"]);
     let disk = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    for (img, off) in [(&fs_img, MIB), (&swap_img, (1 + fs_mib) * MIB)] {
+    for (img, off) in [(&fs_img, fs.0), (&swap_img, swap.0)] {
         let data = std::fs::read(img).unwrap();
         for (i, c) in data.chunks(64 << 10).enumerate() {
             if c.iter().any(|&b| b != 0) {
@@ -173,8 +224,8 @@ pub fn build(dir: &Path, name: &str, l: Layout, tree: &Path) -> Image {
     Image {
         path,
         tree: tree.to_owned(),
-        fs: (MIB, fs_mib * MIB),
-        swap: ((1 + fs_mib) * MIB, swap_mib * MIB),
+        fs,
+        swap,
     }
 }
 

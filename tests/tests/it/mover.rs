@@ -118,18 +118,7 @@ async fn full_backup_and_restore_mbr_4k_and_gpt_1k() {
     for (name, table, block) in [("mbr4k", Table::Dos, 4096), ("gpt1k", Table::Gpt, 1024)] {
         let d = dir.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
-        let img = build(
-            &d,
-            name,
-            Layout {
-                table,
-                fs_block: block,
-                fs_mib: 48,
-                swap_mib: 16,
-                tail_mib: 8,
-            },
-            &tree,
-        );
+        let img = build(&d, name, Layout::ext4(table, block, 48, 16, 8), &tree);
         let r = backup(&c, &opts(name, &img.path, &d.join("state")))
             .await
             .unwrap();
@@ -165,6 +154,42 @@ async fn full_backup_and_restore_mbr_4k_and_gpt_1k() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_partitions_and_ext3_indirect_maps() {
+    let srv = TestServer::start().await;
+    let c = client(&srv.url());
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path());
+    let layout = Layout {
+        fs_type: "ext3",
+        logical: true,
+        ..Layout::ext4(Table::Dos, 1024, 40, 8, 2)
+    };
+    let img = build(dir.path(), "ext3", layout, &tree);
+    assert!(
+        img.fs.0 >= 2 << 20,
+        "the file system is in a logical partition, behind its boot record: {:?}",
+        img.fs
+    );
+    let globs = vec!["/var/cache/**".to_string(), "large.bin".to_string()];
+    let mut o = opts("vm-ext3", &img.path, &dir.path().join("s"));
+    o.excludes = globs
+        .iter()
+        .map(|g| ("disk0".to_string(), g.clone()))
+        .collect();
+    let r = backup(&c, &o).await.unwrap();
+    assert!(
+        r.skipped_bytes["excluded"] >= 9 * MIB,
+        "indirect-mapped files excluded: {:?}",
+        r.skipped_bytes
+    );
+    assert!(r.skipped_bytes["swap"] >= 7 * MIB, "{:?}", r.skipped_bytes);
+    let out = dir.path().join("restored.raw");
+    restore_to(&c, &r.backup_id, &out).await;
+    check(&img, &out, dir.path(), &globs);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excluded_directory_reads_as_zeros() {
     let srv = TestServer::start().await;
     let c = client(&srv.url());
@@ -173,13 +198,7 @@ async fn excluded_directory_reads_as_zeros() {
     let img = build(
         dir.path(),
         "ex",
-        Layout {
-            table: Table::Dos,
-            fs_block: 4096,
-            fs_mib: 48,
-            swap_mib: 16,
-            tail_mib: 0,
-        },
+        Layout::ext4(Table::Dos, 4096, 48, 16, 0),
         &tree,
     );
     let full = backup(&c, &opts("ex-full", &img.path, &dir.path().join("s1")))
@@ -279,13 +298,7 @@ async fn incrementals_with_and_without_cbt() {
     let img = build(
         dir.path(),
         "inc",
-        Layout {
-            table: Table::Dos,
-            fs_block: 4096,
-            fs_mib: 48,
-            swap_mib: 16,
-            tail_mib: 4,
-        },
+        Layout::ext4(Table::Dos, 4096, 48, 16, 4),
         &tree,
     );
     let full = backup(&c, &opts("vm-inc", &img.path, &dir.path().join("s")))
