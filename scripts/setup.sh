@@ -4,11 +4,12 @@
 #   libclang-dev   bindgen for librocksdb-sys (RocksDB is built from source by cargo)
 #   zstd, b3sum    the README's curl walkthrough makes chunks with them
 #   curl, jq       the walkthrough itself
+#   bc, time       totals and measurements in the scripts
 #   e2fsprogs, fdisk, util-linux   mke2fs, debugfs, e2fsck, sfdisk, mkswap: the demo and the tests build real disk images
 set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in libclang-dev zstd b3sum curl jq e2fsprogs fdisk util-linux; do have "$p" || need+=("$p"); done
+for p in libclang-dev zstd b3sum curl jq e2fsprogs fdisk util-linux bc time; do have "$p" || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
