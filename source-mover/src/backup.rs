@@ -366,10 +366,22 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
         })
     };
     let hasher = std::thread::spawn(move || {
+        // Digests of all-zero blocks, per length (the block size and a short last block).
+        let mut zero_ids: std::collections::HashMap<usize, ChunkId> =
+            std::collections::HashMap::new();
         while let Some(mut item) = raw_rx.blocking_recv() {
             if let Ok(it) = &mut item {
                 if let Some(d) = &it.data {
-                    it.id = ChunkId::of(d);
+                    let id = ChunkId::of(d);
+                    let zero = *zero_ids
+                        .entry(d.len())
+                        .or_insert_with(|| ChunkId::of(&vec![0u8; d.len()]));
+                    if id == zero {
+                        it.zero = true;
+                        it.data = None;
+                    } else {
+                        it.id = id;
+                    }
                 }
             }
             if tx.blocking_send(item).is_err() {
@@ -390,7 +402,8 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
         base_index: &base_index,
         known: HashSet::new(),
         level: opts.zstd_level,
-        streams: opts.streams.max(1),
+        uploads: Arc::new(tokio::sync::Semaphore::new(opts.streams.max(1))),
+        in_flight: std::collections::VecDeque::new(),
         progress: &progress,
         uploaded: 0,
         sent: 0,
@@ -404,11 +417,12 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
         while let Some(item) = rx.recv().await {
             let item = item?;
             if batch.last().is_some_and(|l| l.disk != item.disk) || batch.len() >= batch_max {
-                ctx.flush(std::mem::take(&mut batch), bs).await?;
+                ctx.submit(std::mem::take(&mut batch), bs).await?;
             }
             batch.push(item);
         }
-        ctx.flush(std::mem::take(&mut batch), bs).await
+        ctx.submit(std::mem::take(&mut batch), bs).await?;
+        ctx.drain().await
     }
     .await;
     drop(rx);
@@ -550,11 +564,8 @@ fn read_block(disk: &Disk, plan: &DiskPlan, d: usize, block: u64, bs: u64) -> Re
         disk.read_at(&mut buf[(a - start) as usize..(b - start) as usize], a)?;
         item.read += b - a;
     }
-    if buf.iter().all(|&x| x == 0) {
-        item.zero = true;
-    } else {
-        item.data = Some(buf);
-    }
+    // Whether it is all zeros is decided by the hasher, from the digest (no second pass).
+    item.data = Some(buf);
     Ok(item)
 }
 
@@ -564,10 +575,13 @@ struct Coordinator<'a> {
     journal: &'a mut Journal,
     names: &'a [String],
     base_index: &'a [Option<Vec<ChunkId>>],
-    /// Chunks pinned to the session by find-missing or upload.
+    /// Chunks pinned to the session by find-missing, or being or having been uploaded.
     known: HashSet<ChunkId>,
     level: i32,
-    streams: usize,
+    /// Bounds concurrent uploads across all batches in flight.
+    uploads: Arc<tokio::sync::Semaphore>,
+    /// Batches whose uploads run while later batches are read and prepared (oldest first).
+    in_flight: std::collections::VecDeque<Pending>,
     progress: &'a Arc<Progress>,
     uploaded: u64,
     sent: u64,
@@ -577,13 +591,28 @@ struct Coordinator<'a> {
     blocks: u64,
 }
 
+/// A batch whose chunks are being uploaded; its records wait until they are all acknowledged.
+struct Pending {
+    name: String,
+    recs: Vec<IndexRecord>,
+    last_block: u64,
+    uploads: tokio::task::JoinSet<Result<u64>>,
+}
+
+/// Batches allowed in flight at once: enough to keep reading, compressing and uploading busy
+/// together, few enough to bound memory (depth × 32 MiB of block data).
+const DEPTH: usize = 3;
+
 impl Coordinator<'_> {
-    /// Uploads what the repository lacks of one batch (one disk), then appends its records.
-    async fn flush(&mut self, batch: Vec<Item>, bs: u64) -> Result<()> {
-        let Some(first) = batch.first() else {
+    /// Decides the batch's records, asks which chunks the repository lacks, and starts their
+    /// compression and upload; the records are sent by [`Coordinator::finish`], in batch order.
+    async fn submit(&mut self, batch: Vec<Item>, bs: u64) -> Result<()> {
+        let Some(d) = batch.first().map(|i| i.disk) else {
             return Ok(());
         };
-        let d = first.disk;
+        if self.in_flight.len() >= DEPTH {
+            self.finish_oldest().await?;
+        }
         let name = self.names[d].clone();
         let base = self.base_index[d].as_ref();
         let mut recs = Vec::new();
@@ -607,7 +636,7 @@ impl Coordinator<'_> {
             }
             self.progress.done.fetch_add(bs, Ordering::Relaxed);
         }
-        // Ask about what this session has not pinned yet.
+        // Ask about what this session has neither pinned nor started uploading.
         let mut need: Vec<ChunkId> = recs
             .iter()
             .map(|r| r.id)
@@ -618,42 +647,42 @@ impl Coordinator<'_> {
         let mut missing = HashSet::new();
         for part in need.chunks(65_536) {
             let body: Vec<u8> = part.iter().flat_map(|c| c.0).collect();
+            let path = format!("/v1/sessions/{}/find-missing", self.session);
             let a = self
                 .client
                 .send(
                     Method::POST,
-                    &format!("/v1/sessions/{}/find-missing", self.session),
+                    &path,
                     &[("content-type", "application/octet-stream")],
                     body.into(),
                 )
                 .await?;
             missing.extend(a.body.chunks_exact(32).filter_map(ChunkId::from_slice));
         }
-        self.known
-            .extend(need.iter().filter(|c| !missing.contains(c)));
-        // Compress and upload the missing ones, `streams` at a time.
-        let sem = Arc::new(tokio::sync::Semaphore::new(self.streams));
-        let mut tasks = tokio::task::JoinSet::new();
-        for it in &batch {
-            let Some(data) = &it.data else { continue };
+        // Everything asked about is now pinned or on its way: later batches need not ask again.
+        // Their records are sent only after this batch's uploads are acknowledged.
+        self.known.extend(need);
+        let last_block = batch.last().map(|i| i.block + 1).unwrap_or(0);
+        let mut uploads = tokio::task::JoinSet::new();
+        for it in batch {
+            let Some(data) = it.data else { continue };
             if !missing.remove(&it.id) {
                 continue;
             }
-            let permit = sem
+            let permit = self
+                .uploads
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|e| Error::Invalid(e.to_string()))?;
-            let (client, session, id, level, block) = (
+            let (client, session, level, disk) = (
                 self.client.clone(),
                 self.session.to_owned(),
-                it.id,
                 self.level,
-                it.block,
+                name.clone(),
             );
-            let data = data.clone();
-            let disk = name.clone();
-            tasks.spawn(async move {
+            let (id, block) = (it.id, it.block);
+            uploads.spawn(async move {
                 let len = data.len();
                 let frame = tokio::task::spawn_blocking(move || zstd::bulk::compress(&data, level))
                     .await
@@ -669,19 +698,31 @@ impl Coordinator<'_> {
                 Ok::<u64, Error>(n)
             });
         }
-        while let Some(r) = tasks.join_next().await {
+        self.in_flight.push_back(Pending {
+            name,
+            recs,
+            last_block,
+            uploads,
+        });
+        Ok(())
+    }
+
+    /// Waits for the oldest batch's uploads, then appends its records and saves the journal.
+    async fn finish_oldest(&mut self) -> Result<()> {
+        let Some(mut p) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        while let Some(r) = p.uploads.join_next().await {
             let n = r.map_err(|e| Error::Invalid(format!("upload task failed: {e}")))??;
             self.uploaded += 1;
             self.sent += n;
             self.progress.sent.fetch_add(n, Ordering::Relaxed);
         }
-        self.known
-            .extend(recs.iter().map(|r| r.id).filter(|c| !c.is_hole()));
-        // Records, then the journal.
+        let name = p.name;
         let state = self.journal.disks.entry(name.clone()).or_default();
         let before = state.entries;
-        if !recs.is_empty() {
-            let body = IndexRecord::encode_all(&recs);
+        if !p.recs.is_empty() {
+            let body = IndexRecord::encode_all(&p.recs);
             let path = format!(
                 "/v1/sessions/{}/disks/{name}/entries?start={before}",
                 self.session
@@ -700,20 +741,27 @@ impl Coordinator<'_> {
                 .get("index-entries")
                 .and_then(|v| v.to_str().ok()?.parse().ok())
                 .unwrap_or(0);
-            let expect = before + recs.len() as u64;
+            let expect = before + p.recs.len() as u64;
             if held != expect {
                 return Err(Error::Invalid(format!(
                     "disk {name}: the repository holds {held} records, expected {expect}; the session is inconsistent"
                 )));
             }
             self.journal.append_records(&name, before, &body)?;
-            self.records += recs.len() as u64;
+            self.records += p.recs.len() as u64;
         }
-        let last = batch.last().map(|i| i.block + 1).unwrap_or(0);
         let state = self.journal.disks.entry(name).or_default();
-        state.entries = before + recs.len() as u64;
-        state.next_block = state.next_block.max(last);
+        state.entries = before + p.recs.len() as u64;
+        state.next_block = state.next_block.max(p.last_block);
         self.journal.save()
+    }
+
+    /// Finishes every batch in flight, oldest first.
+    async fn drain(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.finish_oldest().await?;
+        }
+        Ok(())
     }
 }
 

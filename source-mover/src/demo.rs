@@ -109,9 +109,9 @@ fn copy_budget(src: &Path, dst: &Path, budget: &mut u64) -> Result<()> {
     Ok(())
 }
 
-/// Builds the demo disk: 160 MiB, MBR, p1 ext4 (112 MiB) from a tree of real files, p2 swap
+/// Builds the demo disk (`disk.raw` in `dir`): 160 MiB, MBR, p1 ext4 (112 MiB) from a tree of real files, p2 swap
 /// (47 MiB) with 16 MiB of dirty pages. Returns (disk path, ext4 partition offset, ext4 image).
-fn build_disk(dir: &Path) -> Result<(PathBuf, u64, PathBuf)> {
+pub fn build_disk(dir: &Path) -> Result<(PathBuf, u64, PathBuf)> {
     let tree = dir.join("tree");
     std::fs::create_dir_all(tree.join("etc")).map_err(|e| Error::io(tree.display(), e))?;
     std::fs::create_dir_all(tree.join("var/log")).map_err(|e| Error::io(tree.display(), e))?;
@@ -243,6 +243,44 @@ fn check(source: &Path, restored: &Path, p1_offset: u64, dir: &Path, tag: &str) 
     ))
 }
 
+/// Day 2 of the demo disk: changes files inside its ext4 partition image `p1` with
+/// `debugfs -w`, writes `disk2.raw` (disk.raw with the changed partition) and the changed-block
+/// list `cbt.json` (64 KiB extents that differ). Returns (disk2, cbt, changed bytes).
+///
+/// # Errors
+/// A tool or file operation that fails.
+pub fn make_day_two(
+    dir: &Path,
+    disk: &Path,
+    p1_off: u64,
+    p1: &Path,
+) -> Result<(PathBuf, PathBuf, u64)> {
+    let mut new = vec![0u8; 6 * MIB as usize];
+    xorshift_fill(&mut new, 99);
+    std::fs::write(dir.join("report.bin"), &new).map_err(|e| Error::io("demo", e))?;
+    std::fs::write(dir.join("hostname"), b"demo-vm-day2\n").map_err(|e| Error::io("demo", e))?;
+    let script = format!("rm /etc/hostname\nwrite {} /etc/hostname\nwrite {} /srv/data/report.bin\nrm /var/log/syslog\n", dir.join("hostname").display(), dir.join("report.bin").display());
+    std::fs::write(dir.join("day2.debugfs"), script).map_err(|e| Error::io("demo", e))?;
+    run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(dir.join("day2.debugfs"))
+        .arg(p1))?;
+    let disk2 = dir.join("disk2.raw");
+    std::fs::copy(disk, &disk2).map_err(|e| Error::io(disk2.display(), e))?;
+    let f2 = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk2)
+        .map_err(|e| Error::io(disk2.display(), e))?;
+    let p1_bytes = std::fs::read(p1).map_err(|e| Error::io(p1.display(), e))?;
+    f2.write_all_at(&p1_bytes, p1_off)
+        .map_err(|e| Error::io(disk2.display(), e))?;
+    drop(f2);
+    let cbt = dir.join("cbt.json");
+    let changed = diff_cbt(disk, &disk2, &cbt)?;
+    Ok((disk2, cbt, changed))
+}
+
 /// Changed 64 KiB extents between two images, as a CBT list.
 fn diff_cbt(a: &Path, b: &Path, out: &Path) -> Result<u64> {
     let (x, y) = (
@@ -357,29 +395,7 @@ pub async fn demo(dir: Option<PathBuf>) -> Result<()> {
     println!("{}", summary(&full));
 
     say("day 2: changing files inside the guest file system with debugfs -w, deriving the changed-block list");
-    let mut new = vec![0u8; 6 * MIB as usize];
-    xorshift_fill(&mut new, 99);
-    std::fs::write(dir.join("report.bin"), &new).map_err(|e| Error::io("demo", e))?;
-    std::fs::write(dir.join("hostname"), b"demo-vm-day2\n").map_err(|e| Error::io("demo", e))?;
-    let script = format!("rm /etc/hostname\nwrite {} /etc/hostname\nwrite {} /srv/data/report.bin\nrm /var/log/syslog\n", dir.join("hostname").display(), dir.join("report.bin").display());
-    std::fs::write(dir.join("day2.debugfs"), script).map_err(|e| Error::io("demo", e))?;
-    run(Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(dir.join("day2.debugfs"))
-        .arg(&p1))?;
-    let disk2 = dir.join("disk2.raw");
-    std::fs::copy(&disk, &disk2).map_err(|e| Error::io(disk2.display(), e))?;
-    let f2 = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&disk2)
-        .map_err(|e| Error::io(disk2.display(), e))?;
-    let p1_bytes = std::fs::read(&p1).map_err(|e| Error::io(p1.display(), e))?;
-    f2.write_all_at(&p1_bytes, p1_off)
-        .map_err(|e| Error::io(disk2.display(), e))?;
-    drop(f2);
-    let cbt = dir.join("cbt.json");
-    let changed = diff_cbt(&disk, &disk2, &cbt)?;
+    let (disk2, cbt, changed) = make_day_two(&dir, &disk, p1_off, &p1)?;
     println!(
         "changed: {:.2} MB in 64 KiB extents ({})",
         changed as f64 / 1e6,
