@@ -41,6 +41,37 @@ enum Cmd {
         #[arg(long)]
         work: Option<PathBuf>,
     },
+    /// Goodput through the WAN emulator at several round-trip times, for the lan and wan presets
+    /// and for a single-stream client against a server with default (64 KiB) HTTP/2 windows.
+    Wan {
+        /// MiB of incompressible data per run.
+        #[arg(long, default_value_t = 512)]
+        mib: usize,
+        /// Link rate per direction in bytes per second (default 100 Mbit/s).
+        #[arg(long, default_value_t = 12_500_000)]
+        rate: u64,
+        /// Round-trip times to measure, in ms.
+        #[arg(long, value_delimiter = ',', default_value = "1,20,100,300")]
+        rtts: Vec<u64>,
+    },
+    /// Run the WAN emulator in front of a repository until interrupted.
+    WanProxy {
+        /// Address clients connect to.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The repository's address.
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+        /// One-way delay in milliseconds (round trip = twice this).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Bandwidth per direction in bytes per second (e.g. 12500000 for 100 Mbit/s); none by default.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Cut every connection every this many seconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        cut_every: u64,
+    },
 }
 
 /// One measured step.
@@ -568,5 +599,200 @@ fn main() -> Result<()> {
             runs,
             work,
         } => compare(&dataset, quick, runs, work),
+        Cmd::Wan { mib, rate, rtts } => wan_goodput(mib, rate, &rtts),
+        Cmd::WanProxy {
+            listen,
+            upstream,
+            delay_ms,
+            rate,
+            cut_every,
+        } => wan_proxy(listen, upstream, delay_ms, rate, cut_every),
     }
+}
+
+fn wan_proxy(
+    listen: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    delay_ms: u64,
+    rate: Option<u64>,
+    cut_every: u64,
+) -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let link = bench::wan::Link { delay: std::time::Duration::from_millis(delay_ms), rate };
+        let p = std::sync::Arc::new(bench::wan::WanProxy::start_on(listen, upstream, link).await?);
+        eprintln!("wan-proxy: {} -> {upstream}, one-way delay {delay_ms} ms, rate {rate:?} B/s, cut every {cut_every} s", p.addr);
+        let _cuts = (cut_every > 0).then(|| p.cut_every(std::time::Duration::from_secs(cut_every)));
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            let s = &p.stats;
+            eprintln!(
+                "wan-proxy: up {} MB, down {} MB, {} connections, {} cut",
+                s.up.load(Relaxed) / 1_000_000,
+                s.down.load(Relaxed) / 1_000_000,
+                s.connections.load(Relaxed),
+                s.cuts.load(Relaxed)
+            );
+        }
+    })
+}
+
+/// A repo-server child with an optional extra config snippet; returns (child, address, token file).
+fn spawn_server(
+    dir: &Path,
+    extra: &str,
+) -> Result<(std::process::Child, std::net::SocketAddr, PathBuf)> {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let cfg = dir.join("repo.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata = \"{}\"\n{extra}",
+            data.display()
+        ),
+    )?;
+    let mut child = Command::new(bin_dir()?.join("repo-server"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("REPO_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .context("server address")?
+        .parse()?;
+    Ok((child, addr, data.join("admin.token")))
+}
+
+fn wan_goodput(mib: usize, rate: u64, rtts: &[u64]) -> Result<()> {
+    use source_mover::backup::{backup, BackupOptions, Base};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let work = std::env::temp_dir().join(format!("bench-wan-{}", std::process::id()));
+    let mut rows = Vec::new();
+    let mut run = |label: String,
+                   rtt: u64,
+                   server_extra: &str,
+                   mib: usize,
+                   block: u32,
+                   level: i32,
+                   streams: usize,
+                   connections: usize|
+     -> Result<()> {
+        let dir = work.join(format!("run{}", rows.len()));
+        std::fs::create_dir_all(&dir)?;
+        let (mut child, addr, token) = spawn_server(&dir, server_extra)?;
+        let disk = dir.join("disk.raw");
+        let mut data = vec![0u8; mib << 20];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ rows.len() as u64;
+        for b in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 24) as u8;
+        }
+        std::fs::write(&disk, &data)?;
+        drop(data);
+        let result = rt.block_on(async {
+            let link = bench::wan::Link {
+                delay: std::time::Duration::from_millis(rtt / 2),
+                rate: Some(rate),
+            };
+            let proxy = bench::wan::WanProxy::start(addr, link).await?;
+            let tok = std::fs::read_to_string(&token)?;
+            let c = source_mover::client::RepoClient::with_connections(
+                &format!("http://{}", proxy.addr),
+                &tok,
+                std::time::Duration::from_secs(60),
+                None,
+                connections,
+            )?;
+            let o = BackupOptions {
+                source: "wan".into(),
+                disks: vec![("disk0".into(), disk.clone())],
+                cbt: BTreeMap::new(),
+                base: Base::None,
+                block_size: block,
+                zstd_level: level,
+                excludes: Vec::new(),
+                streams,
+                state_dir: dir.join("state"),
+                progress: false,
+            };
+            let t = Instant::now();
+            let r = backup(&c, &o).await?;
+            let secs = t.elapsed().as_secs_f64();
+            let wire = proxy.stats.up.load(std::sync::atomic::Ordering::Relaxed);
+            anyhow::Ok((r.sent_bytes, wire, secs))
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        let (sent, wire, secs) = result?;
+        let goodput = sent as f64 / secs;
+        eprintln!("bench wan: {label} rtt {rtt} ms: {:.2} MB/s", goodput / 1e6);
+        rows.push(format!(
+            "| {label} | {rtt} | {mib} | {:.1} | {:.2} | {:.0} % | {:.3} |",
+            secs,
+            goodput / 1e6,
+            100.0 * goodput / rate as f64,
+            wire as f64 / sent as f64
+        ));
+        Ok(())
+    };
+    for &rtt in rtts {
+        run(
+            "default (lan preset: 1M blocks, zstd 3, 32 streams, 1 connection)".into(),
+            rtt,
+            "",
+            mib,
+            1 << 20,
+            3,
+            32,
+            1,
+        )?;
+        run(
+            "wan preset (256K blocks, zstd 6, 64 streams, 4 connections)".into(),
+            rtt,
+            "",
+            mib,
+            256 << 10,
+            6,
+            64,
+            4,
+        )?;
+    }
+    let small = (mib / 16).max(8);
+    let windows = "[http2]\nstream_window = \"64KiB\"\nconnection_window = \"64KiB\"\n";
+    run(
+        "single stream, server with default 64 KiB HTTP/2 windows".into(),
+        100,
+        windows,
+        small,
+        1 << 20,
+        3,
+        1,
+        1,
+    )?;
+    let _ = std::fs::remove_dir_all(&work);
+    println!("# bench wan");
+    println!();
+    println!("Method: the repo-server binary on loopback behind the project's WAN emulator (bench::wan: one-way");
+    println!("delay = RTT/2 each way, token bucket of {:.1} MB/s = {:.0} Mbit/s per direction); a full backup of an", rate as f64 / 1e6, rate as f64 * 8.0 / 1e6);
+    println!("image of incompressible data with the mover library; goodput = compressed chunk bytes ÷ backup");
+    println!("wall time; wire = bytes the emulator carried upstream ÷ chunk bytes.");
+    println!();
+    println!("| client | RTT ms | MiB | seconds | goodput MB/s | of link | wire ÷ chunks |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
 }

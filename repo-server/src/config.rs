@@ -139,6 +139,15 @@ impl Default for StoreConfig {
     }
 }
 
+/// Limits of one tenant.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// Chunk bytes per second the tenant may upload, across all its clients (none: unlimited).
+    #[serde(deserialize_with = "opt_size")]
+    pub ingest_rate: Option<u64>,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -159,6 +168,8 @@ pub struct Config {
     pub http2: Http2Config,
     /// Chunk store settings.
     pub store: StoreConfig,
+    /// Per-tenant limits, keyed by tenant name.
+    pub tenants: std::collections::BTreeMap<String, TenantConfig>,
 }
 
 impl Default for Config {
@@ -172,6 +183,7 @@ impl Default for Config {
             limits: Limits::default(),
             http2: Http2Config::default(),
             store: StoreConfig::default(),
+            tenants: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -292,6 +304,10 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         SizeOrText::Text(t) => parse_size(&t)
             .ok_or_else(|| serde::de::Error::custom(format!("invalid size {t:?} (try \"16MiB\")"))),
     }
+}
+
+fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    size(d).map(Some)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -10,6 +10,7 @@
 //! - [`http`]: the axum router; thin handlers that parse, call [`repo::Repository`], answer.
 //! - [`server`]: the accept loop (h2c + HTTP/1.1 + TLS), limits, graceful shutdown.
 //! - [`metrics`]: Prometheus counters.
+//! - [`rate`]: per-tenant ingest pacing.
 //!
 //! The binary (`src/bin/repo-server.rs`) parses the command line and calls [`server::run`].
 
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod rate;
 pub mod repo;
 pub mod server;
 

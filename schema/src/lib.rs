@@ -6,6 +6,7 @@
 //! - [`record`]: the 40-byte positional index record and its codec.
 //! - [`api`]: request and response bodies of PROTOCOL.md, version 1.
 //! - [`error`]: the stable error codes and the JSON error body.
+//! - [`query`]: percent-encoding of URL query values.
 //! - [`time`]: RFC 3339 UTC formatting of timestamps kept as Unix milliseconds.
 //!
 //! This crate has no async runtime and no HTTP stack: it is plain data and binary formats.
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod error;
 pub mod id;
+pub mod query;
 pub mod record;
 pub mod time;
 

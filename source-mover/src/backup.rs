@@ -765,14 +765,5 @@ impl Coordinator<'_> {
     }
 }
 
-/// Percent-encodes a query value.
-pub fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+/// Percent-encodes a query value (see [`schema::query::encode`]).
+pub use schema::query::encode;

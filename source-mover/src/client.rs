@@ -74,7 +74,10 @@ impl RateLimit {
 pub struct RepoClient {
     base: String,
     auth: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    /// One HTTP/2 connection each; requests go round-robin (several TCP connections fill long
+    /// fat links better than one, and one lost connection stalls only its share).
+    http: Arc<Vec<Client<HttpConnector, Full<Bytes>>>>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
     /// How long retryable failures are retried before giving up.
     pub retry_for: Duration,
     limit: Option<Arc<RateLimit>>,
@@ -91,28 +94,46 @@ impl RepoClient {
         retry_for: Duration,
         limit_rate: Option<u64>,
     ) -> Result<RepoClient> {
+        Self::with_connections(url, token, retry_for, limit_rate, 1)
+    }
+
+    /// A client with `connections` HTTP/2 connections used round-robin.
+    ///
+    /// # Errors
+    /// An unsupported URL.
+    pub fn with_connections(
+        url: &str,
+        token: &str,
+        retry_for: Duration,
+        limit_rate: Option<u64>,
+        connections: usize,
+    ) -> Result<RepoClient> {
         let base = url.trim_end_matches('/').to_owned();
         if !base.starts_with("http://") {
             return Err(Error::Invalid(format!(
                 "repository URL {url:?}: the mover speaks HTTP/2 with prior knowledge (http://host:port); TLS is not supported yet"
             )));
         }
-        let mut b = Client::builder(TokioExecutor::new());
-        b.http2_only(true)
-            .http2_initial_stream_window_size(8 << 20)
-            .http2_initial_connection_window_size(64 << 20)
-            .http2_max_frame_size(1 << 20)
-            .http2_max_send_buf_size(4 << 20)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .http2_keep_alive_timeout(Duration::from_secs(20))
-            .timer(hyper_util::rt::TokioTimer::new());
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(Duration::from_secs(10)));
+        let build = || {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.http2_only(true)
+                .http2_initial_stream_window_size(8 << 20)
+                .http2_initial_connection_window_size(64 << 20)
+                .http2_max_frame_size(1 << 20)
+                .http2_max_send_buf_size(4 << 20)
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .http2_keep_alive_timeout(Duration::from_secs(20))
+                .timer(hyper_util::rt::TokioTimer::new());
+            let mut conn = HttpConnector::new();
+            conn.set_nodelay(true);
+            conn.set_connect_timeout(Some(Duration::from_secs(10)));
+            b.build(conn)
+        };
         Ok(RepoClient {
             base,
             auth: format!("Bearer {}", token.trim()),
-            http: b.build(conn),
+            http: Arc::new((0..connections.max(1)).map(|_| build()).collect()),
+            next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             retry_for,
             limit: limit_rate.map(|r| Arc::new(RateLimit::new(r))),
         })
@@ -172,7 +193,8 @@ impl RepoClient {
             url: self.base.clone(),
             message: e.to_string(),
         };
-        let resp = self.http.request(req).await.map_err(|e| {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.http.len();
+        let resp = self.http[i].request(req).await.map_err(|e| {
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {

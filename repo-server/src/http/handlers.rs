@@ -69,8 +69,13 @@ pub(super) async fn openapi() -> Response {
     with_header(OPENAPI.into_response(), "content-type", "application/json")
 }
 
+/// Path parameter `i` parsed as an id (400 `BAD_ID`/`BAD_DIGEST` when malformed).
+fn param<T: std::str::FromStr<Err = schema::IdError>>(p: &RawPath, i: usize) -> Result<T> {
+    parse_id(p.0.get(i).map(String::as_str).unwrap_or(""))
+}
+
 fn session_id(p: &RawPath) -> Result<SessionId> {
-    parse_id(p.0.first().map(String::as_str).unwrap_or(""))
+    param(p, 0)
 }
 
 pub(super) async fn create_session(
@@ -187,7 +192,7 @@ pub(super) async fn put_chunk(
     body: Body,
 ) -> Result<Response> {
     let s = session_id(&path)?;
-    let id: ChunkId = parse_id(path.0.get(1).map(String::as_str).unwrap_or(""))?;
+    let id: ChunkId = param(&path, 1)?;
     if id.is_hole() {
         return Err(Error::new(
             ErrorCode::BadDigest,
@@ -242,6 +247,8 @@ pub(super) async fn put_chunk(
         .unwrap_or(limit)
         .min(limit);
     let kib = ((declared + len) / 1024 + 1).min(u64::from(u32::MAX)) as u32;
+    // Pace a rate-limited tenant before taking in-flight capacity others could use.
+    st.ingest.take(&caller.tenant, declared).await;
     let _permit = st
         .inflight
         .acquire_many(kib.clamp(1, st.inflight_total))
@@ -266,7 +273,7 @@ pub(super) async fn put_entries(
     body: Body,
 ) -> Result<Response> {
     let s = session_id(&path)?;
-    let disk: DiskName = parse_id(path.0.get(1).map(String::as_str).unwrap_or(""))?;
+    let disk: DiskName = param(&path, 1)?;
     let start: u64 = q
         .get("start")
         .ok_or_else(|| {
@@ -326,16 +333,12 @@ pub(super) async fn commit(
     ))
 }
 
-fn digest(p: &RawPath) -> Result<ChunkId> {
-    parse_id(p.0.first().map(String::as_str).unwrap_or(""))
-}
-
 pub(super) async fn head_chunk(
     State(st): State<AppState>,
     caller: Caller,
     path: RawPath,
 ) -> Result<Response> {
-    let id = digest(&path)?;
+    let id: ChunkId = param(&path, 0)?;
     let repo = st.repo.clone();
     let m = blocking(move || repo.chunk_meta(&caller, &id)).await?;
     let mut r = StatusCode::OK.into_response();
@@ -352,7 +355,7 @@ pub(super) async fn get_chunk(
     path: RawPath,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let id = digest(&path)?;
+    let id: ChunkId = param(&path, 0)?;
     let raw = hdr(&headers, "accept").is_some_and(|a| a.contains(OCTET) && !a.contains(ZSTD));
     let repo = st.repo.clone();
     let (bytes, raw_len) = blocking(move || {
@@ -391,18 +394,6 @@ fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>> {
     }
 }
 
-/// Percent-encodes a query value.
-fn encode_query(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 pub(super) async fn list_backups(
     State(st): State<AppState>,
     caller: Caller,
@@ -438,7 +429,7 @@ pub(super) async fn list_backups(
         let mut url = format!("/v1/backups?limit={limit}&cursor={next}");
         for k in ["source", "since", "until"] {
             if let Some(v) = q.get(k).filter(|v| !v.is_empty()) {
-                url.push_str(&format!("&{k}={}", encode_query(v)));
+                url.push_str(&format!("&{k}={}", schema::query::encode(v)));
             }
         }
         link = Some(format!("<{url}>; rel=\"next\""));
@@ -450,16 +441,12 @@ pub(super) async fn list_backups(
     })
 }
 
-fn backup_id(p: &RawPath) -> Result<BackupId> {
-    parse_id(p.0.first().map(String::as_str).unwrap_or(""))
-}
-
 pub(super) async fn get_backup(
     State(st): State<AppState>,
     caller: Caller,
     path: RawPath,
 ) -> Result<Response> {
-    let id = backup_id(&path)?;
+    let id: BackupId = param(&path, 0)?;
     let repo = st.repo.clone();
     let m = blocking(move || repo.manifest(&caller, &id)).await?;
     Ok(json_body(&m, StatusCode::OK))
@@ -470,7 +457,7 @@ pub(super) async fn delete_backup(
     caller: Caller,
     path: RawPath,
 ) -> Result<StatusCode> {
-    let id = backup_id(&path)?;
+    let id: BackupId = param(&path, 0)?;
     let repo = st.repo.clone();
     blocking(move || repo.delete_backup(&caller, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -481,8 +468,8 @@ pub(super) async fn get_index(
     caller: Caller,
     path: RawPath,
 ) -> Result<Response> {
-    let id = backup_id(&path)?;
-    let disk: DiskName = parse_id(path.0.get(1).map(String::as_str).unwrap_or(""))?;
+    let id: BackupId = param(&path, 0)?;
+    let disk: DiskName = param(&path, 1)?;
     let repo = st.repo.clone();
     let img = blocking(move || repo.disk_image(&caller, &id, &disk)).await?;
     let mut blob = Vec::with_capacity(img.index.len() * 32);
@@ -498,8 +485,8 @@ pub(super) async fn get_image(
     path: RawPath,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let id = backup_id(&path)?;
-    let disk: DiskName = parse_id(path.0.get(1).map(String::as_str).unwrap_or(""))?;
+    let id: BackupId = param(&path, 0)?;
+    let disk: DiskName = param(&path, 1)?;
     let repo = st.repo.clone();
     let img = blocking(move || repo.disk_image(&caller, &id, &disk)).await?;
     let size = img.disk.size;

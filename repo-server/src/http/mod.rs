@@ -43,6 +43,8 @@ pub struct AppState {
     pub limits: crate::config::Limits,
     /// Whether `/metrics` needs a token.
     pub metrics_need_token: bool,
+    /// Per-tenant ingest pacing.
+    pub ingest: Arc<crate::rate::IngestLimits>,
 }
 
 impl AppState {
@@ -57,6 +59,12 @@ impl AppState {
             inflight_total: kib as u32,
             limits: config.limits.clone(),
             metrics_need_token: config.metrics_need_token,
+            ingest: Arc::new(crate::rate::IngestLimits::new(
+                config
+                    .tenants
+                    .iter()
+                    .filter_map(|(t, c)| c.ingest_rate.map(|r| (t, r))),
+            )),
         }
     }
 

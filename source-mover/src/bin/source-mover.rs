@@ -68,18 +68,25 @@ struct BackupArgs {
     /// Base of an incremental: latest (of this source), none, or a backup id.
     #[arg(long, default_value = "latest")]
     base: String,
-    /// Block size: 256K, 512K, 1M or 4M.
-    #[arg(long, default_value = "1M", value_parser = block_size)]
-    block_size: u32,
-    /// zstd level for uploaded chunks.
-    #[arg(long, default_value_t = 3)]
-    zstd_level: i32,
+    /// Block size: 256K, 512K, 1M or 4M [default: 1M; wan profile: 256K].
+    #[arg(long, value_parser = block_size)]
+    block_size: Option<u32>,
+    /// zstd level for uploaded chunks [default: 3; wan profile: 6].
+    #[arg(long)]
+    zstd_level: Option<i32>,
     /// Files to drop at block level: NAME:GLOB (inside ext2/3/4 partitions of disk NAME). Repeatable.
     #[arg(long = "exclude", value_parser = exclude)]
     excludes: Vec<(String, String)>,
-    /// Concurrent chunk uploads (HTTP/2 streams).
-    #[arg(long, default_value_t = 32)]
-    streams: usize,
+    /// Concurrent chunk uploads (HTTP/2 streams) [default: 32; wan profile: 64].
+    #[arg(long)]
+    streams: Option<usize>,
+    /// HTTP/2 connections, used round-robin [default: 1; wan profile: 4].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Presets: lan (1M blocks, zstd 3, 32 streams, 1 connection) or wan (256K blocks, zstd 6,
+    /// 64 streams, 4 connections); explicit options override the preset.
+    #[arg(long, default_value = "lan", value_parser = ["lan", "wan"])]
+    profile: String,
     /// Cap on upload bytes per second (e.g. 50M).
     #[arg(long, value_parser = size)]
     limit_rate: Option<u64>,
@@ -194,10 +201,16 @@ fn duration(s: &str) -> Result<Duration, String> {
     }))
 }
 
-fn client(r: &Repo, limit: Option<u64>) -> anyhow::Result<RepoClient> {
+fn client(r: &Repo, limit: Option<u64>, connections: usize) -> anyhow::Result<RepoClient> {
     let token = std::fs::read_to_string(&r.token_file)
         .with_context(|| format!("cannot read token file {}", r.token_file.display()))?;
-    Ok(RepoClient::new(&r.repo, &token, r.retry_for, limit)?)
+    Ok(RepoClient::with_connections(
+        &r.repo,
+        &token,
+        r.retry_for,
+        limit,
+        connections,
+    )?)
 }
 
 fn state_dir(given: Option<PathBuf>) -> PathBuf {
@@ -220,7 +233,9 @@ async fn main() -> anyhow::Result<()> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.cmd {
         Cmd::Backup(a) => {
-            let c = client(&a.repo, a.limit_rate)?;
+            let wan = a.profile == "wan";
+            let connections = a.connections.unwrap_or(if wan { 4 } else { 1 });
+            let c = client(&a.repo, a.limit_rate, connections)?;
             let base = match a.base.as_str() {
                 "latest" => Base::Latest,
                 "none" => Base::None,
@@ -235,10 +250,12 @@ async fn main() -> anyhow::Result<()> {
                 disks: a.disks,
                 cbt: a.cbt.into_iter().collect::<BTreeMap<_, _>>(),
                 base,
-                block_size: a.block_size,
-                zstd_level: a.zstd_level,
+                block_size: a
+                    .block_size
+                    .unwrap_or(if wan { 256 << 10 } else { 1 << 20 }),
+                zstd_level: a.zstd_level.unwrap_or(if wan { 6 } else { 3 }),
                 excludes: a.excludes,
-                streams: a.streams,
+                streams: a.streams.unwrap_or(if wan { 64 } else { 32 }),
                 state_dir: state_dir(a.state_dir),
                 progress: tty || !a.json,
             };
@@ -287,7 +304,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Restore(a) => {
-            let c = client(&a.repo, None)?;
+            let c = client(&a.repo, None, 1)?;
             let m = resolve(&c, &a.backup, a.source.as_deref()).await?;
             let r = restore(&c, &m, &a.disk, Some(&a.to), a.streams, tty).await?;
             if a.json {
@@ -297,7 +314,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Verify(a) => {
-            let c = client(&a.repo, None)?;
+            let c = client(&a.repo, None, 1)?;
             let m = resolve(&c, &a.backup, a.source.as_deref()).await?;
             for d in &m.disks {
                 let r = restore(&c, &m, d.name.as_str(), None, a.streams, tty).await?;
@@ -308,7 +325,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::List(a) => {
-            let c = client(&a.repo, None)?;
+            let c = client(&a.repo, None, 1)?;
             let mut path = String::from("/v1/backups?limit=1000");
             if let Some(s) = &a.source {
                 path.push_str(&format!("&source={}", encode(s)));

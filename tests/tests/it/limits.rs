@@ -161,3 +161,61 @@ async fn sigterm_stops_the_server_cleanly() {
         .unwrap();
     assert_eq!(code, Some(0), "repo-server must exit 0 after SIGTERM");
 }
+
+#[tokio::test]
+async fn a_tenant_ingest_rate_paces_only_that_tenant() {
+    let srv = TestServer::start_with(|c| {
+        let limited = repo_server::config::TenantConfig {
+            ingest_rate: Some(2_000_000),
+        };
+        c.tenants.insert("acme".into(), limited);
+    })
+    .await;
+    let bs = 256usize << 10;
+    let data = pseudo_random(24 * bs, 77);
+    let other = pseudo_random(24 * bs, 78);
+    let a = Client::h2(&srv.url(), Some(BACKUP_A));
+    let b = a.with_token(Some(tests::BACKUP_B));
+    // Both tenants upload 6 MiB of incompressible chunks at the same time.
+    let t = std::time::Instant::now();
+    let (ta, tb) = tokio::join!(
+        async {
+            backup_disk(
+                &a,
+                "paced",
+                None,
+                &[DiskUpload {
+                    name: "d",
+                    data: &data,
+                    block_size: bs as u32,
+                }],
+            )
+            .await;
+            t.elapsed()
+        },
+        async {
+            backup_disk(
+                &b,
+                "free",
+                None,
+                &[DiskUpload {
+                    name: "d",
+                    data: &other,
+                    block_size: bs as u32,
+                }],
+            )
+            .await;
+            t.elapsed()
+        }
+    );
+    // 6 MiB at 2 MB/s with a 2 MB burst cannot take less than about 2 s; the other tenant is not paced.
+    assert!(
+        ta >= Duration::from_millis(2000),
+        "limited tenant took only {ta:?}"
+    );
+    assert!(
+        tb < ta,
+        "the unlimited tenant ({tb:?}) must not wait for the limited one ({ta:?})"
+    );
+    srv.stop().await;
+}

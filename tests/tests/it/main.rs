@@ -10,3 +10,4 @@ mod mover;
 mod protocol;
 mod tenancy;
 mod tls;
+mod wan;

@@ -1,0 +1,62 @@
+//! Per-tenant ingest pacing: a token bucket per tenant with a configured rate. A chunk upload
+//! takes its body's bytes from the bucket before the body is read, so HTTP/2 flow control slows
+//! the sender instead of the server buffering it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+/// One bucket: `rate` bytes per second, bursts of up to one second's worth.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    /// A bucket of `bytes_per_second`, starting full.
+    pub fn new(bytes_per_second: u64) -> TokenBucket {
+        let rate = bytes_per_second.max(1) as f64;
+        TokenBucket {
+            rate,
+            state: Mutex::new((rate, Instant::now())),
+        }
+    }
+
+    /// Waits until `n` bytes may pass.
+    pub async fn take(&self, n: u64) {
+        let mut s = self.state.lock().await;
+        let now = Instant::now();
+        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
+        s.1 = now;
+        s.0 -= n as f64;
+        if s.0 < 0.0 {
+            // Holding the lock while waiting keeps the tenant's uploads in order of arrival.
+            tokio::time::sleep(Duration::from_secs_f64(-s.0 / self.rate)).await;
+        }
+    }
+}
+
+/// The buckets of every limited tenant.
+#[derive(Debug, Default)]
+pub struct IngestLimits(HashMap<String, TokenBucket>);
+
+impl IngestLimits {
+    /// Buckets for `(tenant, bytes per second)` pairs.
+    pub fn new<'a>(limits: impl IntoIterator<Item = (&'a String, u64)>) -> IngestLimits {
+        IngestLimits(
+            limits
+                .into_iter()
+                .map(|(t, r)| (t.clone(), TokenBucket::new(r)))
+                .collect(),
+        )
+    }
+
+    /// Paces `n` bytes of `tenant` (no-op for tenants without a limit).
+    pub async fn take(&self, tenant: &str, n: u64) {
+        if let Some(b) = self.0.get(tenant) {
+            b.take(n).await;
+        }
+    }
+}
