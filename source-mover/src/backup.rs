@@ -391,9 +391,9 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     });
 
     // The coordinator.
-    // A batch is the unit of acknowledgement: small enough that an interrupted run loses little,
-    // large enough that find-missing and record round trips stay rare.
-    let batch_max = ((32u64 << 20) / bs).max(8) as usize;
+    // A batch is the unit of acknowledgement: small enough that an interrupted run loses little
+    // (at most 32 MiB or 64 blocks), large enough that find-missing and record round trips stay rare.
+    let batch_max = ((32u64 << 20) / bs).clamp(8, 64) as usize;
     let mut ctx = Coordinator {
         client,
         session: &session,

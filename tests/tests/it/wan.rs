@@ -121,3 +121,154 @@ async fn backup_survives_two_server_restarts_across_the_emulator() {
     let r = job.await.unwrap().unwrap();
     restored_equals(&srv.url(), &r.backup_id, &disk, dir.path()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_survives_an_outage_within_the_retry_window() {
+    let srv = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    std::fs::write(&disk, noise(12 * MIB as usize, 13)).unwrap();
+    let link = Link {
+        delay: Duration::from_millis(10),
+        rate: Some(4_000_000),
+    };
+    let proxy = Arc::new(WanProxy::start(srv.addr, link).await.unwrap());
+    let c = RepoClient::new(
+        &format!("http://{}", proxy.addr),
+        BACKUP_A,
+        Duration::from_secs(120),
+        None,
+    )
+    .unwrap();
+    let o = opts(&disk, &dir.path().join("state"), 8);
+    let job = tokio::spawn(async move { backup(&c, &o).await });
+    // One second in: the link goes down for 6 s (every connection cut, new ones refused).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.refuse_for(Duration::from_secs(6)).await;
+    proxy.cut_all();
+    let r = job.await.unwrap().unwrap();
+    assert!(proxy.stats.cuts.load(Ordering::Relaxed) >= 1);
+    restored_equals(&srv.url(), &r.backup_id, &disk, dir.path()).await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_mover_resends_under_5_percent_of_what_was_acknowledged() {
+    let srv = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    let blocks = 96u64;
+    let bs = 256u64 << 10;
+    std::fs::write(&disk, noise((blocks * bs) as usize, 14)).unwrap();
+    let link = Link {
+        delay: Duration::from_millis(25),
+        rate: Some(3_000_000),
+    };
+    let proxy = Arc::new(WanProxy::start(srv.addr, link).await.unwrap());
+    let token = dir.path().join("token");
+    std::fs::write(&token, BACKUP_A).unwrap();
+    let state = dir.path().join("state");
+    let url = format!("http://{}", proxy.addr);
+    let (st, dk) = (state.clone(), disk.clone());
+    let cmd = move || {
+        let mut c = std::process::Command::new(tests::mover_binary());
+        c.args(["backup", "--repo", &url, "--token-file"])
+            .arg(&token);
+        c.args([
+            "--source",
+            "vm-wan-restart",
+            "--base",
+            "none",
+            "--block-size",
+            "256K",
+            "--streams",
+            "8",
+            "--json",
+            "--state-dir",
+        ])
+        .arg(&st);
+        c.arg("--disk").arg(format!("disk0={}", dk.display()));
+        c
+    };
+    // Run 1: killed once the repository acknowledged at least 32 records.
+    let mut child = cmd()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acked = 0;
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let j = std::fs::read_dir(&state).ok().and_then(|mut d| {
+            d.find_map(|e| {
+                e.ok()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            })
+        });
+        if let Some(j) = j {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(j.path()).unwrap_or_default())
+                    .unwrap_or_default();
+            acked = v["disks"]["disk0"]["entries"].as_u64().unwrap_or(0);
+            if acked >= 32 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        (32..blocks).contains(&acked),
+        "kill point: {acked} records acknowledged"
+    );
+    // What the repository holds now (acknowledged or not), asked directly.
+    let admin = tests::Client::h2(&srv.url(), Some(tests::ADMIN));
+    let data = std::fs::read(&disk).unwrap();
+    let mut present = 0u64;
+    for b in data.chunks(bs as usize) {
+        let r = admin
+            .send(
+                http::Method::HEAD,
+                &format!("/v1/chunks/{}", schema::ChunkId::of(b)),
+                &[],
+                vec![],
+            )
+            .await;
+        present += u64::from(r.status == http::StatusCode::OK);
+    }
+    assert!(present >= acked);
+    // Run 2 continues the session; count what crosses the link.
+    let before = proxy.stats.up.load(Ordering::Relaxed);
+    let out = tokio::task::spawn_blocking(move || {
+        cmd().stderr(std::process::Stdio::null()).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["resumed"], true);
+    let run2 = proxy.stats.up.load(Ordering::Relaxed) - before;
+    let uploaded = report["chunks_uploaded"].as_u64().unwrap();
+    assert_eq!(
+        uploaded,
+        blocks - present,
+        "run 2 uploads exactly the chunks the repository lacked"
+    );
+    let needed = (blocks - present) * (bs + 64);
+    let acked_bytes = acked * bs;
+    let resent = run2.saturating_sub(needed);
+    eprintln!("mover restart: {acked} records acknowledged, {present} chunks held; run 2 sent {run2} bytes, {resent} beyond the missing chunks ({:.2} % of acknowledged)", 100.0 * resent as f64 / acked_bytes as f64);
+    assert!(
+        resent * 20 < acked_bytes,
+        "re-sent {resent} bytes, 5 % of acknowledged is {}",
+        acked_bytes / 20
+    );
+    restored_equals(
+        &srv.url(),
+        report["backup_id"].as_str().unwrap(),
+        &disk,
+        dir.path(),
+    )
+    .await;
+    srv.stop().await;
+}
