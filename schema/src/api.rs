@@ -186,7 +186,7 @@ pub struct BackupStats {
     pub read_bytes: u64,
     /// Bytes the mover skipped, by reason (reported by the mover).
     pub skipped_bytes: BTreeMap<String, u64>,
-    /// Chunks this backup stored for the first time.
+    /// Chunks this backup stored: for the first time, or replacing a copy verify found damaged.
     pub new_chunks: u64,
     /// Chunks this backup found already stored.
     pub reused_chunks: u64,

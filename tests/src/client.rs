@@ -19,6 +19,8 @@ pub struct Resp {
     pub body: Bytes,
     /// Protocol version used.
     pub version: http::Version,
+    /// Whether the body ended with a transport error (a stream broken off by the server).
+    pub broken: bool,
 }
 
 impl Resp {
@@ -195,12 +197,16 @@ impl Client {
             }
         };
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
+        let (body, broken) = match body.collect().await {
+            Ok(b) => (b.to_bytes(), false),
+            Err(_) => (Bytes::new(), true),
+        };
         Resp {
             status: parts.status,
             headers: parts.headers,
             body,
             version: parts.version,
+            broken,
         }
     }
 

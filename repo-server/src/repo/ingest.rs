@@ -159,8 +159,9 @@ impl Repository {
                 }
                 self.metrics.chunks_stored.inc();
                 (
+                    // A healed chunk counts as new: this session stored it again.
                     Pin {
-                        new: previous.is_none(),
+                        new: true,
                         sent,
                         stored,
                     },

@@ -5,6 +5,7 @@
 mod concurrency;
 mod crash;
 mod hostile;
+mod lifecycle;
 mod limits;
 mod mover;
 mod protocol;
