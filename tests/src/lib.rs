@@ -4,12 +4,14 @@
 //! - [`ChildServer`]: the built `repo-server` binary as a child process, for crash tests.
 //! - [`Client`]: an HTTP client (h2c prior knowledge, HTTP/1.1, or HTTP/2 over TLS) built on hyper.
 //! - [`backup`]: a minimal mover used to drive whole sessions.
+//! - [`images`]: disk images made with real tools. [`jobs`]: GC and verify to completion.
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod backup;
 pub mod client;
 pub mod images;
+pub mod jobs;
 pub mod server;
 
 pub use backup::{backup_disk, DiskUpload};

@@ -738,21 +738,7 @@ async fn commit_refuses_missing_chunks_and_heals_after_reupload() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x55;
     std::fs::write(&file, bytes).unwrap();
-    let job = admin
-        .send(Method::POST, "/v1/admin/verify", &[], vec![])
-        .await
-        .json()["job"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut report = json!(null);
-    for _ in 0..200 {
-        report = admin.get(&format!("/v1/admin/jobs/{job}")).await.json();
-        if report["state"] == "done" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let report = tests::jobs::run_job(&admin, "verify").await;
     assert_eq!(report["result"]["corrupt"], json!([id]), "{report}");
     let commit = json!({"disks": {"d": {"entries": n, "records_blake3": sum}}});
     let r = c

@@ -3,25 +3,10 @@
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use tests::backup::test_data;
+use tests::jobs::{assert_verify_clean, run_job};
 use tests::{backup_disk, Client, DiskUpload, TestServer, ADMIN, BACKUP_A};
-
-async fn run_job(admin: &Client, kind: &str) -> Value {
-    let r = admin
-        .send(Method::POST, &format!("/v1/admin/{kind}"), &[], vec![])
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED);
-    let job = r.json()["job"].as_str().unwrap().to_owned();
-    loop {
-        let rep = admin.get(&format!("/v1/admin/jobs/{job}")).await.json();
-        if rep["state"] != "running" {
-            assert_eq!(rep["state"], "done", "{rep}");
-            return rep;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gc_looping_during_eight_movers_loses_nothing() {
@@ -107,15 +92,7 @@ async fn gc_looping_during_eight_movers_loses_nothing() {
             "backup {id} differs after GC"
         );
     }
-    let v = run_job(&admin, "verify").await;
-    assert_eq!(
-        (
-            v["result"]["corrupt"].clone(),
-            v["result"]["missing"].clone()
-        ),
-        (json!([]), json!([])),
-        "{v}"
-    );
+    assert_verify_clean(&admin).await;
     srv.stop().await;
 }
 
@@ -183,14 +160,6 @@ async fn verify_finds_damage_names_backups_and_a_new_backup_heals() {
             "backup {b} after healing"
         );
     }
-    let v = run_job(&admin, "verify").await;
-    assert_eq!(
-        (
-            v["result"]["corrupt"].clone(),
-            v["result"]["missing"].clone()
-        ),
-        (json!([]), json!([])),
-        "{v}"
-    );
+    assert_verify_clean(&admin).await;
     srv.stop().await;
 }

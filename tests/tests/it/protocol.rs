@@ -501,25 +501,9 @@ async fn walkthrough(c: &Client, version: http::Version) {
             .body
             == day2
     );
-    for kind in ["gc", "verify"] {
-        let r = admin
-            .send(Method::POST, &format!("/v1/admin/{kind}"), &[], vec![])
-            .await;
-        assert_eq!(r.status, StatusCode::ACCEPTED);
-        let job = r.json()["job"].as_str().unwrap().to_owned();
-        let mut report = json!(null);
-        for _ in 0..200 {
-            report = admin.get(&format!("/v1/admin/jobs/{job}")).await.json();
-            if report["state"] != "running" {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert_eq!(report["state"], "done", "{report}");
-        if kind == "verify" {
-            assert_eq!(report["result"]["corrupt"], json!([]));
-        }
-    }
+    let gc = tests::jobs::run_job(&admin, "gc").await;
+    assert!(gc["result"]["backups"] == 1, "{gc}");
+    tests::jobs::assert_verify_clean(&admin).await;
     assert_eq!(
         admin.get("/v1/admin/jobs/nope").await.status,
         StatusCode::NOT_FOUND
