@@ -139,6 +139,20 @@ impl Default for StoreConfig {
     }
 }
 
+/// Retention: GFS policies per source, applied by `POST /v1/admin/prune`, and the
+/// immutability window.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Backups younger than this cannot be deleted by anyone, admins included; prune skips them.
+    #[serde(deserialize_with = "opt_duration")]
+    pub min_age: Option<Duration>,
+    /// Policy of sources without their own (none: such sources are never pruned).
+    pub default: Option<schema::retention::Policy>,
+    /// Policies by source name.
+    pub sources: std::collections::BTreeMap<String, schema::retention::Policy>,
+}
+
 /// Limits of one tenant.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -170,6 +184,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Per-tenant limits, keyed by tenant name.
     pub tenants: std::collections::BTreeMap<String, TenantConfig>,
+    /// Retention policies and the immutability window.
+    pub retention: RetentionConfig,
 }
 
 impl Default for Config {
@@ -184,6 +200,7 @@ impl Default for Config {
             http2: Http2Config::default(),
             store: StoreConfig::default(),
             tenants: std::collections::BTreeMap::new(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -308,6 +325,10 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 fn opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     size(d).map(Some)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -62,6 +62,8 @@ codes! {
     SessionState = 409,
     /// The backup is the base of an open session.
     BackupInUse = 409,
+    /// The backup is younger than the immutability window; nobody may delete it yet.
+    BackupImmutable = 409,
     /// A body or count over the limit.
     TooLarge = 413,
     /// A content type the route does not accept.

@@ -7,6 +7,7 @@
 //! - [`api`]: request and response bodies of PROTOCOL.md, version 1.
 //! - [`error`]: the stable error codes and the JSON error body.
 //! - [`query`]: percent-encoding of URL query values.
+//! - [`retention`]: GFS retention policies (which backups to keep).
 //! - [`time`]: RFC 3339 UTC formatting of timestamps kept as Unix milliseconds.
 //!
 //! This crate has no async runtime and no HTTP stack: it is plain data and binary formats.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod id;
 pub mod query;
 pub mod record;
+pub mod retention;
 pub mod time;
 
 pub use error::{ErrorBody, ErrorCode};

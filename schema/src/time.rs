@@ -15,6 +15,11 @@ pub fn rfc3339(ms: i64) -> String {
     )
 }
 
+/// (year, month, day) in UTC of Unix milliseconds.
+pub fn civil(ms: i64) -> (i64, i64, i64) {
+    civil_from_days(ms.div_euclid(86_400_000))
+}
+
 /// Parses RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.fff]` followed by `Z` or `±HH:MM`) into Unix milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();

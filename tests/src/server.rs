@@ -40,6 +40,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Data directory (inside `_dir`).
     pub data: PathBuf,
+    /// The repository being served (to set its clock in tests).
+    pub repo: std::sync::Arc<repo_server::repo::Repository>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
@@ -70,6 +72,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = App::open(cfg).unwrap();
+        let repo = app.repo.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(repo_server::run(listener, app, async {
             let _ = rx.await;
@@ -77,6 +80,7 @@ impl TestServer {
         TestServer {
             addr,
             data,
+            repo,
             stop: Some(tx),
             task: Some(task),
             _dir: None,

@@ -561,3 +561,25 @@ pub(super) async fn get_job(
     let j = blocking(move || repo.job(&caller, &id)).await?;
     Ok(json_body(&j, StatusCode::OK))
 }
+
+/// `POST /v1/admin/prune` body: `dry_run` is required, so an empty request deletes nothing.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PruneRequest {
+    dry_run: bool,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+pub(super) async fn prune(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let body = read_body(&headers, body, st.limits.max_json_body, st.idle()).await?;
+    let req: PruneRequest = parse_json(&body)?;
+    let repo = st.repo.clone();
+    let report = blocking(move || repo.prune(&caller, req.dry_run, req.source.as_deref())).await?;
+    Ok(json_body(&report, StatusCode::OK))
+}

@@ -98,6 +98,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/stats"),
     ("post", "/v1/admin/gc"),
     ("post", "/v1/admin/verify"),
+    ("post", "/v1/admin/prune"),
     ("get", "/v1/admin/jobs/{id}"),
 ];
 
@@ -134,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats", get(h::stats))
         .route("/v1/admin/gc", post(h::start_gc))
         .route("/v1/admin/verify", post(h::start_verify))
+        .route("/v1/admin/prune", post(h::prune))
         .route("/v1/admin/jobs/{id}", get(h::get_job))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -12,7 +12,7 @@ use schema::api::{BackupStats, CommitRequest, Manifest, ManifestDisk, SessionSta
 use schema::{BackupId, ChunkId, ErrorCode, IndexRecord, SessionId, RECORD_LEN};
 use serde_json::json;
 
-use super::{now_ms, Repository};
+use super::Repository;
 use crate::auth::Caller;
 use crate::catalog::{counter, SessionRecord};
 use crate::error::{Error, Result};
@@ -117,7 +117,7 @@ impl Repository {
             .detail(json!({ "count": missing.len(), "chunks": missing.iter().take(MAX_LISTED).collect::<Vec<_>>() })));
         }
         // Durable index blobs first.
-        let now = now_ms();
+        let now = self.now();
         let mut disks = Vec::new();
         let mut logical = 0u64;
         for (d, index) in r.params.disks.iter().zip(&indexes) {

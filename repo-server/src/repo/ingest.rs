@@ -13,7 +13,7 @@ use schema::{ChunkId, ErrorCode, SessionId};
 use serde_json::json;
 use zstd::zstd_safe;
 
-use super::{now_ms, Repository};
+use super::Repository;
 use crate::auth::Caller;
 use crate::catalog::{counter, ChunkMeta, Pin};
 use crate::error::{Error, Result};
@@ -59,7 +59,7 @@ impl Repository {
         if self.catalog.pins(s, &[*id])?[0].is_none() {
             b.put_pin(s, id, Pin::default());
         }
-        meta.touched_ms = now_ms();
+        meta.touched_ms = self.now();
         b.put_chunk(id, meta);
         self.catalog.write(b)?;
         self.metrics.chunks_deduplicated.inc();
@@ -110,7 +110,7 @@ impl Repository {
         self.touch(s);
         let _stripe = self.stripe(id);
         let existing = self.catalog.chunk(id)?;
-        let now = now_ms();
+        let now = self.now();
         let mut b = self.catalog.batch();
         let sent = body.len() as u64;
         let (pin, status) = match existing {

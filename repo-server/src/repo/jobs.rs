@@ -154,7 +154,7 @@ impl Repository {
     /// Mark and sweep. Blocks uploads for its duration.
     fn gc(&self, p: &Progress) -> Result<Value> {
         let _w = self.gc.write().unwrap_or_else(|e| e.into_inner());
-        let now = now_ms();
+        let now = self.now();
         let mut marked: HashSet<ChunkId> = HashSet::new();
         let mut live_indexes: HashSet<String> = HashSet::new();
         let mut backups = 0u64;

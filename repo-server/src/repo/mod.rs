@@ -5,6 +5,7 @@
 //! - [`commit`]: turning a session into a durable, visible backup.
 //! - [`read`]: the catalog as seen by storage admins, index and image reads, chunk reads.
 //! - [`jobs`]: GC and verify.
+//! - [`retention`]: prune by policy, within the immutability window.
 //!
 //! Locking, outermost first (never taken the other way round):
 //! 1. `gc` (read by every operation that pins or references chunks, write by GC), so a sweep
@@ -20,6 +21,7 @@ pub mod commit;
 pub mod ingest;
 pub mod jobs;
 pub mod read;
+pub mod retention;
 pub mod session;
 
 use std::collections::HashMap;
@@ -59,6 +61,10 @@ pub struct Settings {
     pub raw_level: i32,
     /// GC safety margin, ms.
     pub gc_margin_ms: i64,
+    /// Immutability window, ms: younger backups cannot be deleted by anyone.
+    pub min_age_ms: i64,
+    /// Retention policies by source, and the default.
+    pub retention: crate::config::RetentionConfig,
 }
 
 impl From<&Config> for Settings {
@@ -69,6 +75,12 @@ impl From<&Config> for Settings {
             session_ttl_ms: c.limits.session_idle_ttl.as_millis() as i64,
             raw_level: c.store.raw_upload_zstd_level,
             gc_margin_ms: c.store.gc_margin.as_millis() as i64,
+            min_age_ms: c
+                .retention
+                .min_age
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            retention: c.retention.clone(),
         }
     }
 }
@@ -97,6 +109,8 @@ pub struct Repository {
     base_sets: Mutex<HashMap<SessionId, Arc<Vec<ChunkId>>>>,
     open_sessions: AtomicI64,
     jobs: jobs::JobTable,
+    /// A fixed time for tests (Unix ms); 0 means the real clock.
+    clock: AtomicI64,
 }
 
 impl Repository {
@@ -130,7 +144,22 @@ impl Repository {
             base_sets: Mutex::new(HashMap::new()),
             open_sessions: AtomicI64::new(open),
             jobs: jobs::JobTable::default(),
+            clock: AtomicI64::new(0),
         })
+    }
+
+    /// The repository's time: the real clock, or the one a test set.
+    pub fn now(&self) -> i64 {
+        match self.clock.load(Ordering::Relaxed) {
+            0 => now_ms(),
+            t => t,
+        }
+    }
+
+    /// Fixes the repository's clock at `ms` (Unix ms) — for tests of time-based behaviour
+    /// (retention, immutability, expiry); 0 returns to the real clock.
+    pub fn set_clock(&self, ms: i64) {
+        self.clock.store(ms, Ordering::Relaxed);
     }
 
     fn session_lock(&self, s: &SessionId) -> Arc<RwLock<()>> {
@@ -152,7 +181,7 @@ impl Repository {
         self.touched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(*s, now_ms());
+            .insert(*s, self.now());
     }
 
     fn last_touch(&self, s: &SessionId) -> Option<i64> {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use schema::api::{BackupList, Manifest, ManifestDisk, RepoStats, SessionState, SourceSummary};
+use schema::api::{BackupList, Manifest, ManifestDisk, RepoStats, SourceSummary};
 use schema::{BackupId, ChunkId, DiskName, ErrorCode};
 
 use super::Repository;
@@ -273,30 +273,13 @@ impl Repository {
     /// `DELETE /v1/backups/{id}` (admin).
     ///
     /// # Errors
-    /// 403, 404, 409 `BACKUP_IN_USE` while it is the base of an open session.
+    /// 403, 404, 409 `BACKUP_IN_USE` while it is the base of an open session, 409
+    /// `BACKUP_IMMUTABLE` inside the immutability window.
     pub fn delete_backup(&self, caller: &Caller, id: &BackupId) -> Result<()> {
         caller.require_admin()?;
         let _gc = self.gc_read();
         let m = self.manifest(caller, id)?;
-        if let Some(s) = self
-            .catalog
-            .sessions()?
-            .into_iter()
-            .find(|s| s.state == SessionState::Open && s.params.base.as_ref() == Some(id))
-        {
-            return Err(Error::new(
-                ErrorCode::BackupInUse,
-                format!("backup {id} is the base of open session {}; commit or delete that session first", s.id),
-            ));
-        }
-        let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
-        let mut b = self.catalog.batch();
-        b.delete_backup(&m, created);
-        b.add(counter::BACKUPS, -1);
-        b.add(counter::LOGICAL_BYTES, -(m.stats.logical_bytes as i64));
-        self.catalog.write(b)?;
-        tracing::info!(backup = %id, source = %m.source, "backup deleted");
-        Ok(())
+        self.delete_checked(&m)
     }
 
     /// `GET /v1/stats` (admin: the whole repository).

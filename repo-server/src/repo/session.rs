@@ -9,7 +9,7 @@ use schema::api::{CreateSession, DiskProgress, SessionState, SessionStatus};
 use schema::{ChunkId, DiskName, ErrorCode, IndexRecord, SessionId, BLOCK_SIZES, RECORD_LEN};
 use serde_json::json;
 
-use super::{now_ms, Repository};
+use super::Repository;
 use crate::auth::Caller;
 use crate::catalog::{Pin, SessionRecord};
 use crate::error::{Error, Result};
@@ -101,7 +101,7 @@ impl Repository {
                 }
             }
         }
-        let now = now_ms();
+        let now = self.now();
         let rec = SessionRecord {
             id: s,
             tenant: caller.tenant.clone(),
@@ -195,7 +195,7 @@ impl Repository {
     /// # Errors
     /// RocksDB errors.
     pub fn expire_sessions(&self) -> Result<usize> {
-        let now = now_ms();
+        let now = self.now();
         let mut n = 0;
         for r in self.catalog.sessions()? {
             if r.state != SessionState::Open || self.expires_ms(&r) > now {
@@ -252,7 +252,7 @@ impl Repository {
         let pins = self.catalog.pins(s, &ids)?;
         let mut missing = Vec::new();
         let mut b = self.catalog.batch();
-        let now = now_ms();
+        let now = self.now();
         for (i, id) in ids.iter().enumerate() {
             match metas[i] {
                 Some(mut m) if owned[i] && !m.is_bad() => {
@@ -402,7 +402,7 @@ impl Repository {
         }
         let total = held + new.len() as u64;
         r.entries[di] = total;
-        r.last_active_ms = now_ms();
+        r.last_active_ms = self.now();
         let mut b = self.catalog.batch();
         b.put_entries(s, di as u16, held, &body[overlap * RECORD_LEN..]);
         b.put_session(&r)?;

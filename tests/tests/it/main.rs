@@ -9,6 +9,7 @@ mod lifecycle;
 mod limits;
 mod mover;
 mod protocol;
+mod retention;
 mod tenancy;
 mod tls;
 mod wan;

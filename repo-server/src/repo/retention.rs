@@ -1,0 +1,153 @@
+//! Pruning by retention policy, and the immutability window that no deletion may cross.
+
+use std::collections::BTreeMap;
+
+use schema::api::{Manifest, SessionState};
+use schema::retention::{self, Policy};
+use schema::ErrorCode;
+use serde_json::{json, Value};
+
+use super::Repository;
+use crate::auth::Caller;
+use crate::catalog::counter;
+use crate::error::{Error, Result};
+
+impl Repository {
+    /// Deletes a backup after the checks every deletion passes: not younger than the
+    /// immutability window, not the base of an open session.
+    ///
+    /// # Errors
+    /// 409 `BACKUP_IMMUTABLE`, 409 `BACKUP_IN_USE`, RocksDB errors.
+    pub(crate) fn delete_checked(&self, m: &Manifest) -> Result<()> {
+        let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
+        let now = self.now();
+        if self.settings.min_age_ms > 0 && now - created < self.settings.min_age_ms {
+            let until = schema::time::rfc3339(created + self.settings.min_age_ms);
+            return Err(Error::new(
+                ErrorCode::BackupImmutable,
+                format!("backup {} is inside the immutability window until {until}; nobody may delete it before", m.id),
+            )
+            .detail(json!({ "until": until })));
+        }
+        if let Some(s) = self
+            .catalog
+            .sessions()?
+            .into_iter()
+            .find(|s| s.state == SessionState::Open && s.params.base.as_ref() == Some(&m.id))
+        {
+            return Err(Error::new(
+                ErrorCode::BackupInUse,
+                format!(
+                    "backup {} is the base of open session {}; commit or delete that session first",
+                    m.id, s.id
+                ),
+            ));
+        }
+        let mut b = self.catalog.batch();
+        b.delete_backup(m, created);
+        b.add(counter::BACKUPS, -1);
+        b.add(counter::LOGICAL_BYTES, -(m.stats.logical_bytes as i64));
+        self.catalog.write(b)?;
+        tracing::info!(backup = %m.id, source = %m.source, "backup deleted");
+        Ok(())
+    }
+
+    fn policy_for(&self, source: &str) -> Option<&Policy> {
+        let r = &self.settings.retention;
+        r.sources
+            .get(source)
+            .or(r.default.as_ref())
+            .filter(|p| !p.is_empty())
+    }
+
+    /// `POST /v1/admin/prune`: applies each source's policy (optionally only `source`'s).
+    /// Chunks of pruned backups are freed by the next GC.
+    ///
+    /// # Errors
+    /// 403 for non-admins, RocksDB errors.
+    pub fn prune(&self, caller: &Caller, dry_run: bool, only: Option<&str>) -> Result<Value> {
+        caller.require_admin()?;
+        let _gc = self.gc_read();
+        let mut groups: BTreeMap<(String, String), Vec<Manifest>> = BTreeMap::new();
+        self.catalog.for_each_backup(|m| {
+            if only.is_none_or(|s| s == m.source) {
+                groups
+                    .entry((m.tenant.clone(), m.source.clone()))
+                    .or_default()
+                    .push(m);
+            }
+            Ok(())
+        })?;
+        let mut report = Vec::new();
+        for ((tenant, source), backups) in groups {
+            let Some(policy) = self.policy_for(&source).cloned() else {
+                report.push(json!({ "tenant": tenant, "source": source, "policy": null, "kept": backups.len() }));
+                continue;
+            };
+            let times: Vec<(String, i64)> = backups
+                .iter()
+                .map(|m| {
+                    (
+                        m.id.to_string(),
+                        schema::time::parse_rfc3339(&m.created).unwrap_or(0),
+                    )
+                })
+                .collect();
+            let keep = retention::keep(&policy, &times);
+            let (mut kept, mut pruned, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+            let mut newest_first = backups;
+            newest_first.sort_by(|a, b| b.created.cmp(&a.created));
+            for m in &newest_first {
+                if keep.contains(m.id.as_str()) {
+                    kept.push(m.id.clone());
+                    continue;
+                }
+                let outcome = if dry_run {
+                    self.deletable(m)
+                } else {
+                    self.delete_checked(m)
+                };
+                match outcome {
+                    Ok(()) => pruned.push(m.id.clone()),
+                    Err(e)
+                        if matches!(
+                            e.code,
+                            ErrorCode::BackupImmutable | ErrorCode::BackupInUse
+                        ) =>
+                    {
+                        skipped.push(json!({ "id": m.id, "reason": e.code, "message": e.message }));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            report.push(json!({
+                "tenant": tenant, "source": source, "policy": policy,
+                "kept": kept, "pruned": pruned, "skipped": skipped,
+            }));
+        }
+        Ok(json!({ "dry_run": dry_run, "sources": report }))
+    }
+
+    /// Whether [`Repository::delete_checked`] would allow deleting `m`, without deleting it.
+    fn deletable(&self, m: &Manifest) -> Result<()> {
+        let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
+        if self.settings.min_age_ms > 0 && self.now() - created < self.settings.min_age_ms {
+            return Err(Error::new(
+                ErrorCode::BackupImmutable,
+                format!("backup {} is inside the immutability window", m.id),
+            ));
+        }
+        let in_use = self
+            .catalog
+            .sessions()?
+            .iter()
+            .any(|s| s.state == SessionState::Open && s.params.base.as_ref() == Some(&m.id));
+        if in_use {
+            return Err(Error::new(
+                ErrorCode::BackupInUse,
+                format!("backup {} is the base of an open session", m.id),
+            ));
+        }
+        Ok(())
+    }
+}
