@@ -19,8 +19,6 @@ pub struct Resp {
     pub body: Bytes,
     /// Protocol version used.
     pub version: http::Version,
-    /// Whether the body ended with a transport error (a stream broken off by the server).
-    pub broken: bool,
 }
 
 impl Resp {
@@ -154,6 +152,20 @@ impl Client {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Resp {
+        let what = format!("{method} {path}");
+        self.try_send(method, path, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Sends a request; a transport failure (refused, reset before or during the body) is an `Err`.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Resp, String> {
         let mut b = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path));
@@ -163,51 +175,46 @@ impl Client {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let req = b.body(Full::new(body.into())).unwrap();
+        let req = b.body(Full::new(body.into())).map_err(|e| e.to_string())?;
+        let local = |mut req: Request<Full<Bytes>>| {
+            *req.uri_mut() = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .parse()
+                .unwrap();
+            req.headers_mut()
+                .insert("host", "localhost".parse().unwrap());
+            req
+        };
         let resp = match &self.t {
-            Transport::Pool(c) => c.request(req).await.unwrap(),
-            Transport::Tls(s) => {
-                let mut s = s.clone();
-                let mut req = req;
-                *req.uri_mut() = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/")
-                    .parse()
-                    .unwrap();
-                req.headers_mut()
-                    .insert("host", "localhost".parse().unwrap());
-                s.send_request(req).await.unwrap()
-            }
+            Transport::Pool(c) => c.request(req).await.map_err(|e| format!("{e:?}"))?,
+            Transport::Tls(s) => s
+                .clone()
+                .send_request(local(req))
+                .await
+                .map_err(|e| e.to_string())?,
             Transport::Tls1(s) => {
                 let mut s = s.lock().await;
-                let mut req = req;
-                *req.uri_mut() = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/")
-                    .parse()
-                    .unwrap();
-                req.headers_mut()
-                    .insert("host", "localhost".parse().unwrap());
-                s.ready().await.unwrap();
-                s.send_request(req).await.unwrap()
+                s.ready().await.map_err(|e| e.to_string())?;
+                s.send_request(local(req))
+                    .await
+                    .map_err(|e| e.to_string())?
             }
         };
         let (parts, body) = resp.into_parts();
-        let (body, broken) = match body.collect().await {
-            Ok(b) => (b.to_bytes(), false),
-            Err(_) => (Bytes::new(), true),
-        };
-        Resp {
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body broke off: {e}"))?
+            .to_bytes();
+        Ok(Resp {
             status: parts.status,
             headers: parts.headers,
             body,
             version: parts.version,
-            broken,
-        }
+        })
     }
 
     /// GET.

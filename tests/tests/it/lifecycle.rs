@@ -141,10 +141,17 @@ async fn verify_finds_damage_names_backups_and_a_new_backup_heals() {
         "only the backup that references them"
     );
     // A restore of the damaged backup fails loudly rather than returning wrong bytes.
-    let r = c.get(&format!("/v1/backups/{b1}/disks/d/image")).await;
+    let r = c
+        .try_send(
+            Method::GET,
+            &format!("/v1/backups/{b1}/disks/d/image"),
+            &[],
+            vec![],
+        )
+        .await;
     assert!(
-        r.broken,
-        "the image stream must break off at the damaged chunk"
+        r.is_err(),
+        "the image stream must break off at the damaged chunk, not return bytes"
     );
     assert!(c.get(&format!("/v1/backups/{b2}/disks/d/image")).await.body == other);
     // The next backup of the same data re-sends exactly the damaged chunks and heals them.
