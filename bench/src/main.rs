@@ -71,6 +71,9 @@ enum Cmd {
         /// Cut every connection every this many seconds (0: never).
         #[arg(long, default_value_t = 0)]
         cut_every: u64,
+        /// Cut every connection at random times, this many seconds apart on average (0: never).
+        #[arg(long, default_value_t = 0)]
+        cut_random: u64,
     },
 }
 
@@ -606,7 +609,8 @@ fn main() -> Result<()> {
             delay_ms,
             rate,
             cut_every,
-        } => wan_proxy(listen, upstream, delay_ms, rate, cut_every),
+            cut_random,
+        } => wan_proxy(listen, upstream, delay_ms, rate, (cut_every, cut_random)),
     }
 }
 
@@ -615,7 +619,7 @@ fn wan_proxy(
     upstream: std::net::SocketAddr,
     delay_ms: u64,
     rate: Option<u64>,
-    cut_every: u64,
+    (cut_every, cut_random): (u64, u64),
 ) -> Result<()> {
     use std::sync::atomic::Ordering::Relaxed;
     let rt = tokio::runtime::Runtime::new()?;
@@ -624,6 +628,7 @@ fn wan_proxy(
         let p = std::sync::Arc::new(bench::wan::WanProxy::start_on(listen, upstream, link).await?);
         eprintln!("wan-proxy: {} -> {upstream}, one-way delay {delay_ms} ms, rate {rate:?} B/s, cut every {cut_every} s", p.addr);
         let _cuts = (cut_every > 0).then(|| p.cut_every(std::time::Duration::from_secs(cut_every)));
+        let _random = (cut_random > 0).then(|| p.cut_randomly(std::time::Duration::from_secs(cut_random), std::process::id().into()));
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(10)).await;
             let s = &p.stats;

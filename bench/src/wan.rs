@@ -4,7 +4,7 @@
 //! no `netem`, so delay and cuts live here.
 //!
 //! For operators rehearsing their own links: `bench wan-proxy --listen ADDR --upstream ADDR
-//! --delay-ms 50 --rate 100M --cut-every 5` and point the mover at `--listen`.
+//! --delay-ms 50 --rate 12500000 --cut-every 5` (or `--cut-random 5`) and point the mover at `--listen`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -167,6 +167,29 @@ impl WanProxy {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
+                me.cut_all();
+            }
+        })
+    }
+}
+
+impl WanProxy {
+    /// Cuts every connection at random times, each gap uniform in [mean/2, 3·mean/2], drawn
+    /// from `seed` (so a failing run can be replayed), until the returned task is aborted.
+    pub fn cut_randomly(
+        self: &Arc<Self>,
+        mean: Duration,
+        seed: u64,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            loop {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let f = 0.5 + (x % 1_000_000) as f64 / 1_000_000.0;
+                tokio::time::sleep(mean.mul_f64(f)).await;
                 me.cut_all();
             }
         })
