@@ -174,6 +174,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn generated_admin_token_is_private_and_stable() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let (first, created) = load_or_create_admin_token(d.path()).expect("create");
+        assert!(created && first.token.len() >= 32 && first.role == Role::Admin);
+        let mode = std::fs::metadata(d.path().join("admin.token"))
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (again, created) = load_or_create_admin_token(d.path()).expect("load");
+        assert!(!created);
+        assert_eq!(again.token, first.token);
+    }
+
+    #[test]
     fn authenticate_maps_tokens() {
         let t = Tokens::new(&[TokenConfig {
             token: "0123456789abcdef".into(),
