@@ -147,6 +147,9 @@ pub struct RetentionConfig {
     /// Backups younger than this cannot be deleted by anyone, admins included; prune skips them.
     #[serde(deserialize_with = "opt_duration")]
     pub min_age: Option<Duration>,
+    /// How often the server applies the policies by itself (none: only `POST /v1/admin/prune`).
+    #[serde(deserialize_with = "opt_duration")]
+    pub schedule: Option<Duration>,
     /// Policy of sources without their own (none: such sources are never pruned).
     pub default: Option<schema::retention::Policy>,
     /// Policies by source name.

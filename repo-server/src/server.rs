@@ -157,6 +157,10 @@ pub async fn run(
     let graceful = GracefulShutdown::new();
     let conn_limit = Arc::new(Semaphore::new(cfg.limits.max_connections));
     let expiry = spawn_expiry(app.repo.clone());
+    let pruner = cfg
+        .retention
+        .schedule
+        .map(|every| spawn_pruner(app.repo.clone(), every));
     tokio::pin!(shutdown);
     tracing::info!(addr = %listener.local_addr()?, tls = app.tls.is_some(), "repository listening");
     loop {
@@ -215,6 +219,9 @@ pub async fn run(
     }
     drop(listener);
     expiry.abort();
+    if let Some(p) = pruner {
+        p.abort();
+    }
     tracing::info!(
         connections = graceful.count(),
         "shutting down; draining open requests"
@@ -240,6 +247,33 @@ fn spawn_expiry(repo: Arc<Repository>) -> tokio::task::JoinHandle<()> {
                 Ok(Ok(n)) if n > 0 => tracing::info!(expired = n, "expired idle sessions"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "session expiry failed"),
                 _ => {}
+            }
+        }
+    })
+}
+
+/// Applies the retention policies every `every` (`retention.schedule`).
+fn spawn_pruner(repo: Arc<Repository>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let r = repo.clone();
+            match tokio::task::spawn_blocking(move || r.apply_retention(false, None)).await {
+                Ok(Ok(report)) => {
+                    let pruned: usize = report["sources"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|s| s["pruned"].as_array().map(Vec::len))
+                                .sum()
+                        })
+                        .unwrap_or(0);
+                    if pruned > 0 {
+                        tracing::info!(pruned, "scheduled prune");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "scheduled prune failed"),
+                Err(e) => tracing::warn!(error = %e, "scheduled prune panicked"),
             }
         }
     })

@@ -67,6 +67,14 @@ impl Repository {
     /// 403 for non-admins, RocksDB errors.
     pub fn prune(&self, caller: &Caller, dry_run: bool, only: Option<&str>) -> Result<Value> {
         caller.require_admin()?;
+        self.apply_retention(dry_run, only)
+    }
+
+    /// Applies the policies (the scheduled prune, and `POST /v1/admin/prune` once authorised).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn apply_retention(&self, dry_run: bool, only: Option<&str>) -> Result<Value> {
         let _gc = self.gc_read();
         let mut groups: BTreeMap<(String, String), Vec<Manifest>> = BTreeMap::new();
         self.catalog.for_each_backup(|m| {

@@ -209,3 +209,49 @@ async fn a_year_of_daily_backups_pruned_by_gfs_with_an_immutability_window() {
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_prune_applies_the_policy_by_itself() {
+    let srv = TestServer::start_with(|c| {
+        c.retention.default = Some(Policy {
+            keep_last: 2,
+            ..Policy::default()
+        });
+        c.retention.schedule = Some(Duration::from_millis(300));
+    })
+    .await;
+    let c = Client::h2(&srv.url(), Some(BACKUP_A));
+    let data = test_data(256 << 10, 10);
+    let mut made = Vec::new();
+    for i in 0..5 {
+        srv.repo
+            .set_clock(schema::time::parse_rfc3339("2026-03-01T00:00:00Z").unwrap() + i * DAY);
+        made.push(
+            backup_disk(
+                &c,
+                "vm-sched",
+                None,
+                &[DiskUpload {
+                    name: "d",
+                    data: &data,
+                    block_size: 256 << 10,
+                }],
+            )
+            .await,
+        );
+    }
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = ids(&c.get("/v1/backups?source=vm-sched").await.json()["backups"]);
+        if left.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        left,
+        vec![made[4].clone(), made[3].clone()],
+        "the scheduled prune keeps the two newest"
+    );
+    srv.stop().await;
+}
