@@ -19,30 +19,8 @@ impl Repository {
     /// # Errors
     /// 409 `BACKUP_IMMUTABLE`, 409 `BACKUP_IN_USE`, RocksDB errors.
     pub(crate) fn delete_checked(&self, m: &Manifest) -> Result<()> {
+        self.deletable(m)?;
         let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
-        let now = self.now();
-        if self.settings.min_age_ms > 0 && now - created < self.settings.min_age_ms {
-            let until = schema::time::rfc3339(created + self.settings.min_age_ms);
-            return Err(Error::new(
-                ErrorCode::BackupImmutable,
-                format!("backup {} is inside the immutability window until {until}; nobody may delete it before", m.id),
-            )
-            .detail(json!({ "until": until })));
-        }
-        if let Some(s) = self
-            .catalog
-            .sessions()?
-            .into_iter()
-            .find(|s| s.state == SessionState::Open && s.params.base.as_ref() == Some(&m.id))
-        {
-            return Err(Error::new(
-                ErrorCode::BackupInUse,
-                format!(
-                    "backup {} is the base of open session {}; commit or delete that session first",
-                    m.id, s.id
-                ),
-            ));
-        }
         let mut b = self.catalog.batch();
         b.delete_backup(m, created);
         b.add(counter::BACKUPS, -1);
@@ -136,24 +114,30 @@ impl Repository {
         Ok(json!({ "dry_run": dry_run, "sources": report }))
     }
 
-    /// Whether [`Repository::delete_checked`] would allow deleting `m`, without deleting it.
+    /// The checks every deletion passes (also what a dry-run prune reports): not inside the
+    /// immutability window, not the base of an open session.
     fn deletable(&self, m: &Manifest) -> Result<()> {
         let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
         if self.settings.min_age_ms > 0 && self.now() - created < self.settings.min_age_ms {
+            let until = schema::time::rfc3339(created + self.settings.min_age_ms);
             return Err(Error::new(
                 ErrorCode::BackupImmutable,
-                format!("backup {} is inside the immutability window", m.id),
-            ));
+                format!("backup {} is inside the immutability window until {until}; nobody may delete it before", m.id),
+            )
+            .detail(json!({ "until": until })));
         }
-        let in_use = self
+        if let Some(s) = self
             .catalog
             .sessions()?
-            .iter()
-            .any(|s| s.state == SessionState::Open && s.params.base.as_ref() == Some(&m.id));
-        if in_use {
+            .into_iter()
+            .find(|s| s.state == SessionState::Open && s.params.base.as_ref() == Some(&m.id))
+        {
             return Err(Error::new(
                 ErrorCode::BackupInUse,
-                format!("backup {} is the base of an open session", m.id),
+                format!(
+                    "backup {} is the base of open session {}; commit or delete that session first",
+                    m.id, s.id
+                ),
             ));
         }
         Ok(())

@@ -49,7 +49,7 @@ async fn backup_completes_across_cuts_and_resends_only_what_was_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.raw");
     std::fs::write(&disk, noise(24 * MIB as usize, 11)).unwrap();
-    // 4 MB/s each way, 10 ms one-way delay: about 6 s of upload, cut every 1.5 s.
+    // 4 MB/s each way, 10 ms one-way delay: about 6 s of upload.
     let link = Link {
         delay: Duration::from_millis(10),
         rate: Some(4_000_000),
