@@ -83,7 +83,8 @@ pub struct ChunkMeta {
     pub raw_len: u64,
     /// Bytes of the stored file.
     pub stored_len: u64,
-    /// Last time an upload or pin touched it, Unix ms (GC's age test).
+    /// When the file was written (stored or healed), Unix ms: GC's age test. Pins, not this
+    /// time, protect chunks in use; the row is never rewritten just to refresh it.
     pub touched_ms: i64,
     /// Bit 0: marked bad by verify (treated as missing until a fresh copy arrives).
     pub flags: u8,

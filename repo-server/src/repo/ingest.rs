@@ -49,9 +49,9 @@ impl Repository {
         let r = self.open_session(caller, s)?;
         self.touch(s);
         let meta = self.catalog.chunk(id)?;
-        let Some(mut meta) = meta.filter(|m| !m.is_bad()) else {
+        if meta.filter(|m| !m.is_bad()).is_none() {
             return Ok(false);
-        };
+        }
         if !self.catalog.owned(&r.tenant, &[*id])?[0] {
             return Ok(false);
         }
@@ -59,8 +59,6 @@ impl Repository {
         if self.catalog.pins(s, &[*id])?[0].is_none() {
             b.put_pin(s, id, Pin::default());
         }
-        meta.touched_ms = self.now();
-        b.put_chunk(id, meta);
         self.catalog.write(b)?;
         self.metrics.chunks_deduplicated.inc();
         Ok(true)
@@ -114,10 +112,8 @@ impl Repository {
         let mut b = self.catalog.batch();
         let sent = body.len() as u64;
         let (pin, status) = match existing {
-            Some(mut m) if !m.is_bad() => {
+            Some(m) if !m.is_bad() => {
                 let owned = self.catalog.owned(&r.tenant, &[*id])?[0];
-                m.touched_ms = now;
-                b.put_chunk(id, m);
                 self.metrics.chunks_deduplicated.inc();
                 (
                     Pin {

@@ -230,34 +230,42 @@ impl Repository {
         let (mut corrupt, mut missing) = (Vec::new(), Vec::new());
         for (c, m) in &all {
             p.done.fetch_add(1, Ordering::Relaxed);
-            match self.chunks.get(c) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(*c),
-                Err(e) => return Err(e.into()),
-                Ok(frame) => {
-                    let ok = zstd::bulk::decompress(&frame, m.raw_len as usize)
-                        .is_ok_and(|d| d.len() as u64 == m.raw_len && ChunkId::of(&d) == *c);
-                    if !ok {
-                        corrupt.push(*c);
-                    }
-                }
+            match self.chunk_health(c, m)? {
+                Health::Sound => {}
+                Health::Missing => missing.push(*c),
+                Health::Corrupt => corrupt.push(*c),
             }
         }
-        let bad: HashSet<ChunkId> = corrupt.iter().chain(&missing).copied().collect();
+        let mut bad: HashSet<ChunkId> = corrupt.iter().chain(&missing).copied().collect();
         if !bad.is_empty() {
             let q = self.data.join("quarantine");
             std::fs::create_dir_all(&q)?;
-            let mut b = self.catalog.batch();
-            for (c, m) in all.iter().filter(|(c, _)| bad.contains(c)) {
-                let _ = std::fs::rename(self.chunks.path(c), q.join(c.hex()));
-                b.put_chunk(
-                    c,
-                    ChunkMeta {
-                        flags: m.flags | ChunkMeta::BAD,
-                        ..*m
-                    },
-                );
+            // Under the chunk's stripe lock (the one uploads write under), check again: an upload
+            // may have healed it since, and a sound copy must not be quarantined.
+            let mut healed = HashSet::new();
+            for c in &bad {
+                let _stripe = self.stripe(c);
+                match self.catalog.chunk(c)? {
+                    Some(m) if self.chunk_health(c, &m)? != Health::Sound => {
+                        let _ = std::fs::rename(self.chunks.path(c), q.join(c.hex()));
+                        let mut b = self.catalog.batch();
+                        b.put_chunk(
+                            c,
+                            ChunkMeta {
+                                flags: m.flags | ChunkMeta::BAD,
+                                ..m
+                            },
+                        );
+                        self.catalog.write(b)?;
+                    }
+                    _ => {
+                        healed.insert(*c);
+                    }
+                }
             }
-            self.catalog.write(b)?;
+            bad.retain(|c| !healed.contains(c));
+            corrupt.retain(|c| !healed.contains(c));
+            missing.retain(|c| !healed.contains(c));
             self.metrics.verification_failures.add(bad.len() as u64);
             tracing::warn!(
                 corrupt = corrupt.len(),
@@ -280,5 +288,28 @@ impl Repository {
         Ok(json!({
             "chunks_checked": all.len(), "corrupt": corrupt, "missing": missing, "affected_backups": affected,
         }))
+    }
+}
+
+/// What verify found for one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Sound,
+    Missing,
+    Corrupt,
+}
+
+impl Repository {
+    /// Reads, decompresses and re-hashes one chunk's file.
+    fn chunk_health(&self, c: &ChunkId, m: &ChunkMeta) -> Result<Health> {
+        match self.chunks.get(c) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Health::Missing),
+            Err(e) => Err(e.into()),
+            Ok(frame) => {
+                let ok = zstd::bulk::decompress(&frame, m.raw_len as usize)
+                    .is_ok_and(|d| d.len() as u64 == m.raw_len && ChunkId::of(&d) == *c);
+                Ok(if ok { Health::Sound } else { Health::Corrupt })
+            }
+        }
     }
 }

@@ -252,15 +252,14 @@ impl Repository {
         let pins = self.catalog.pins(s, &ids)?;
         let mut missing = Vec::new();
         let mut b = self.catalog.batch();
-        let now = self.now();
         for (i, id) in ids.iter().enumerate() {
             match metas[i] {
-                Some(mut m) if owned[i] && !m.is_bad() => {
+                // The pin alone protects it from GC; the chunk's row is not rewritten (a rewrite
+                // could undo a bad mark verify sets meanwhile).
+                Some(m) if owned[i] && !m.is_bad() => {
                     if pins[i].is_none() {
                         b.put_pin(s, id, Pin::default());
                     }
-                    m.touched_ms = now;
-                    b.put_chunk(id, m);
                 }
                 _ => missing.push(*id),
             }
