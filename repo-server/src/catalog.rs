@@ -14,6 +14,9 @@
 //! | `backup_time` | `a` ms id / `t` tenant 0 ms id / `s` tenant 0 source 0 ms id | empty |
 //! | `counters` | name | i64 little-endian, summed by a merge operator |
 //! | `jobs` | job id | JSON job report |
+//! | `gcmark` | chunk (32) | empty: GC's mark set while a GC runs (not logged, cleared after) |
+//! | `policies` | source | JSON [`schema::retention::Policy`] set over the API |
+//! | `verified` | chunk (32) | i64 LE: when verify last found the chunk sound (Unix ms) |
 //!
 //! Every state change is one [`rocksdb::WriteBatch`] written with `sync = true` before the
 //! request that caused it is acknowledged. Chunk files are durable before a batch names them.
@@ -31,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-const CFS: [&str; 9] = [
+const CFS: [&str; 12] = [
     "sessions",
     "pins",
     "entries",
@@ -41,7 +44,16 @@ const CFS: [&str; 9] = [
     "backup_time",
     "counters",
     "jobs",
+    "gcmark",
+    "policies",
+    "verified",
 ];
+
+/// A raw key and value.
+pub type Row = (Box<[u8]>, Box<[u8]>);
+
+/// A consistent read view of the catalog (GC marks from one).
+pub type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
 
 /// Counter names.
 pub mod counter {
@@ -103,7 +115,8 @@ impl ChunkMeta {
         b
     }
 
-    fn decode(b: &[u8]) -> Option<ChunkMeta> {
+    /// Decodes a stored row.
+    pub fn decode(b: &[u8]) -> Option<ChunkMeta> {
         if b.len() != 25 {
             return None;
         }
@@ -320,6 +333,45 @@ impl Batch<'_> {
         self.wb
             .put_cf(&self.cat.cf("counters"), name, value.to_le_bytes());
     }
+    /// Puts a raw key (offline repair only).
+    pub(crate) fn put_raw(&mut self, cf: &str, key: &[u8], value: &[u8]) {
+        self.wb.put_cf(&self.cat.cf(cf), key, value);
+    }
+    /// Deletes a raw key (offline repair only).
+    pub(crate) fn delete_raw(&mut self, cf: &str, key: &[u8]) {
+        self.wb.delete_cf(&self.cat.cf(cf), key);
+    }
+    /// Adds a chunk to GC's mark set.
+    pub fn put_mark(&mut self, c: &ChunkId) {
+        self.wb.put_cf(&self.cat.cf("gcmark"), c.0, []);
+    }
+    /// Stores a retention policy set over the API.
+    pub fn put_policy(&mut self, source: &str, p: &schema::retention::Policy) -> Result<()> {
+        let v = serde_json::to_vec(p).map_err(|e| Error::internal("encoding a policy", e))?;
+        self.wb.put_cf(&self.cat.cf("policies"), source, v);
+        Ok(())
+    }
+    /// Removes a policy set over the API.
+    pub fn delete_policy(&mut self, source: &str) {
+        self.wb.delete_cf(&self.cat.cf("policies"), source);
+    }
+    /// Records when verify last found `c` sound.
+    pub fn put_verified(&mut self, c: &ChunkId, ms: i64) {
+        self.wb
+            .put_cf(&self.cat.cf("verified"), c.0, ms.to_le_bytes());
+    }
+    /// Forgets a chunk's verify time (the chunk is gone).
+    pub fn delete_verified(&mut self, c: &ChunkId) {
+        self.wb.delete_cf(&self.cat.cf("verified"), c.0);
+    }
+    /// Number of operations in the batch.
+    pub fn len(&self) -> usize {
+        self.wb.len()
+    }
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.wb.is_empty()
+    }
     /// Stores a job report.
     pub fn put_job(&mut self, id: &str, report: &serde_json::Value) {
         self.wb.put_cf(&self.cat.cf("jobs"), id, report.to_string());
@@ -332,6 +384,14 @@ impl Catalog {
     /// # Errors
     /// RocksDB errors (a second process holding the lock among them).
     pub fn open(path: &Path) -> Result<Catalog> {
+        Ok(Self::open_raw(path)?)
+    }
+
+    /// [`Catalog::open`] with RocksDB's own error (the offline check words it for people).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn open_raw(path: &Path) -> std::result::Result<Catalog, rocksdb::Error> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -370,8 +430,148 @@ impl Catalog {
     /// # Errors
     /// RocksDB errors.
     pub fn write(&self, b: Batch<'_>) -> Result<()> {
+        crate::fail::hit("catalog.before_write");
         self.db.write_opt(b.wb, &self.sync)?;
+        crate::fail::hit("catalog.after_write");
         Ok(())
+    }
+
+    /// Writes a batch without the write-ahead log or fsync: for GC's mark set only, which is
+    /// rebuilt by every GC and worthless after a crash.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn write_scratch(&self, b: Batch<'_>) -> Result<()> {
+        let mut o = WriteOptions::default();
+        o.disable_wal(true);
+        self.db.write_opt(b.wb, &o)?;
+        Ok(())
+    }
+
+    /// Empties GC's mark set and compacts it away.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn clear_marks(&self) -> Result<()> {
+        let cf = self.cf("gcmark");
+        self.db
+            .delete_range_cf(&cf, &[0u8; 32][..], &[0xffu8; 33][..])?;
+        self.db.compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
+    /// Whether each of `ids` is in GC's mark set.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn marked(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        let cf = self.cf("gcmark");
+        let keys: Vec<_> = ids.iter().map(|c| (&cf, c.0)).collect();
+        self.db
+            .multi_get_cf(keys)
+            .into_iter()
+            .map(|r| Ok(r?.is_some()))
+            .collect()
+    }
+
+    /// A consistent view of the catalog as of now.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        self.db.snapshot()
+    }
+
+    /// Every manifest in a snapshot.
+    ///
+    /// # Errors
+    /// RocksDB or decoding errors.
+    pub fn for_each_backup_in(
+        &self,
+        snap: &Snapshot<'_>,
+        mut f: impl FnMut(Manifest) -> Result<()>,
+    ) -> Result<()> {
+        for kv in snap.iterator_cf(&self.cf("backups"), IteratorMode::Start) {
+            let (_, v) = kv?;
+            f(serde_json::from_slice(&v)
+                .map_err(|e| Error::internal("decoding a manifest", e))?)?;
+        }
+        Ok(())
+    }
+
+    /// Every pinned chunk in a snapshot.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn for_each_pin_in(
+        &self,
+        snap: &Snapshot<'_>,
+        mut f: impl FnMut(ChunkId) -> Result<()>,
+    ) -> Result<()> {
+        for kv in snap.iterator_cf(&self.cf("pins"), IteratorMode::Start) {
+            let (k, _) = kv?;
+            if let Some(c) = ChunkId::from_slice(&k[16.min(k.len())..]) {
+                f(c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Policies set over the API, by source.
+    ///
+    /// # Errors
+    /// RocksDB or decoding errors.
+    pub fn policies(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, schema::retention::Policy>> {
+        let mut out = std::collections::BTreeMap::new();
+        for kv in self
+            .db
+            .iterator_cf(&self.cf("policies"), IteratorMode::Start)
+        {
+            let (k, v) = kv?;
+            out.insert(
+                String::from_utf8_lossy(&k).into_owned(),
+                serde_json::from_slice(&v).map_err(|e| Error::internal("decoding a policy", e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// When verify last found each of `ids` sound (Unix ms).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn verified(&self, ids: &[ChunkId]) -> Result<Vec<Option<i64>>> {
+        let cf = self.cf("verified");
+        let keys: Vec<_> = ids.iter().map(|c| (&cf, c.0)).collect();
+        self.db
+            .multi_get_cf(keys)
+            .into_iter()
+            .map(|r| Ok(r?.map(|v| decode_i64(&v))))
+            .collect()
+    }
+
+    /// Keys of a column family in order, from `from` (exclusive) on, at most `n` of them, with
+    /// values; for scans done in slices (GC, check) that must not hold everything at once.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn slice(&self, cf: &str, after: Option<&[u8]>, n: usize) -> Result<Vec<Row>> {
+        let cf = self.cf(cf);
+        let mode = match after {
+            Some(k) => IteratorMode::From(k, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::with_capacity(n.min(65_536));
+        for kv in self.db.iterator_cf(&cf, mode) {
+            let (k, v) = kv?;
+            if after.is_some_and(|a| *k == *a) {
+                continue;
+            }
+            out.push((k, v));
+            if out.len() == n {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// A session record.

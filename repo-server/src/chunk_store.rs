@@ -45,23 +45,53 @@ impl BlobDir {
     pub fn open(root: PathBuf, tmp: PathBuf, levels: usize) -> io::Result<BlobDir> {
         fs::create_dir_all(&root)?;
         fs::create_dir_all(&tmp)?;
-        for entry in fs::read_dir(&tmp)? {
-            let entry = entry?;
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{}.", root_tag(&root)))
-            {
-                let _ = fs::remove_file(entry.path());
-            }
+        let dir = BlobDir::existing(root, tmp, levels);
+        for p in dir.temp_files()? {
+            let _ = fs::remove_file(p);
         }
-        sync_dir(root.parent().unwrap_or(&root))?;
-        Ok(BlobDir {
+        sync_dir(dir.root.parent().unwrap_or(&dir.root))?;
+        Ok(dir)
+    }
+
+    /// A handle on an existing directory that changes nothing on disk (no creation, no
+    /// clean-up of temp files): for the offline check, which must report before it repairs.
+    pub fn existing(root: PathBuf, tmp: PathBuf, levels: usize) -> BlobDir {
+        BlobDir {
             root,
             tmp,
             levels,
             seq: AtomicU64::new(0),
-        })
+        }
+    }
+
+    /// Calls `f` with the ids of each leaf directory in turn (memory: one directory's names).
+    ///
+    /// # Errors
+    /// I/O errors reading directories; errors from `f`.
+    pub fn for_each_leaf<E: From<io::Error>>(
+        &self,
+        mut f: impl FnMut(Vec<ChunkId>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut stack = vec![(self.root.clone(), 0usize)];
+        while let Some((dir, depth)) = stack.pop() {
+            let mut ids = Vec::new();
+            for entry in fs::read_dir(&dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if depth < self.levels {
+                    if entry.file_type()?.is_dir() && name.len() == 2 {
+                        stack.push((entry.path(), depth + 1));
+                    }
+                } else if let Some(raw) = schema::id::from_hex::<32>(&name) {
+                    ids.push(ChunkId(raw));
+                }
+            }
+            if !ids.is_empty() {
+                f(ids)?;
+            }
+        }
+        Ok(())
     }
 
     /// Where the file of `id` lives.
@@ -127,11 +157,14 @@ impl BlobDir {
         let mut guard = TempGuard(Some(&tmp));
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
+        crate::fail::hit("blob.before_fsync");
         f.sync_all()?;
         drop(f);
+        crate::fail::hit("blob.before_rename");
         fs::rename(&tmp, &dest)?;
         guard.0 = None;
         sync_dir(&dir)?;
+        crate::fail::hit("blob.after_rename");
         Ok(true)
     }
 
@@ -152,18 +185,25 @@ impl BlobDir {
     /// I/O errors reading directories.
     pub fn list(&self) -> io::Result<Vec<ChunkId>> {
         let mut out = Vec::new();
-        let mut stack = vec![(self.root.clone(), 0usize)];
-        while let Some((dir, depth)) = stack.pop() {
-            for entry in fs::read_dir(&dir)? {
+        self.for_each_leaf(|ids| {
+            out.extend(ids);
+            Ok::<(), io::Error>(())
+        })?;
+        Ok(out)
+    }
+
+    /// The temp directory's files that belong to this directory (left by an interrupted write).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn temp_files(&self) -> io::Result<Vec<PathBuf>> {
+        let tag = format!("{}.", root_tag(&self.root));
+        let mut out = Vec::new();
+        if self.tmp.is_dir() {
+            for entry in fs::read_dir(&self.tmp)? {
                 let entry = entry?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if depth < self.levels {
-                    if entry.file_type()?.is_dir() && name.len() == 2 {
-                        stack.push((entry.path(), depth + 1));
-                    }
-                } else if let Some(raw) = schema::id::from_hex::<32>(&name) {
-                    out.push(ChunkId(raw));
+                if entry.file_name().to_string_lossy().starts_with(&tag) {
+                    out.push(entry.path());
                 }
             }
         }

@@ -6,9 +6,11 @@
 //! - [`auth`]: bearer tokens → tenant and role; the generated admin token.
 //! - [`chunk_store`]: durable content-addressed files (chunks, index blobs).
 //! - [`catalog`]: the RocksDB catalog: column families, keys, write batches.
+//! - [`check`]: the offline consistency check and repair (`repo-server check`).
 //! - [`repo`]: the repository's operations (sessions, ingest, commit, reads, jobs), blocking.
 //! - [`http`]: the axum router; thin handlers that parse, call [`repo::Repository`], answer.
 //! - [`server`]: the accept loop (h2c + HTTP/1.1 + TLS), limits, graceful shutdown.
+//! - [`fail`]: fail points for crash tests (compiled in with the `failpoints` feature).
 //! - [`metrics`]: Prometheus counters.
 //! - [`rate`]: per-tenant ingest pacing.
 //!
@@ -16,9 +18,11 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod check;
 pub mod chunk_store;
 pub mod config;
 pub mod error;
+pub mod fail;
 pub mod http;
 pub mod metrics;
 pub mod rate;

@@ -266,6 +266,16 @@ pub struct RepoStats {
     pub open_sessions: u64,
 }
 
+/// `POST /v1/admin/verify` body (optional; empty or `{}` verifies every chunk).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyRequest {
+    /// Verify a random sample of about this fraction of the chunks, in (0, 1].
+    pub fraction: Option<f64>,
+    /// Only chunks not found sound by a verify in this many days (never verified included).
+    pub not_verified_days: Option<f64>,
+}
+
 /// `POST /v1/admin/gc` and `/verify` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobStarted {

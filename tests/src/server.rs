@@ -137,6 +137,12 @@ impl ChildServer {
 
     /// Starts the binary on `data`, listening on `listen`.
     pub fn start_at(data: &Path, listen: &str) -> ChildServer {
+        Self::start_with(data, listen, "", &[])
+    }
+
+    /// Starts the binary on `data`, listening on `listen`, with `extra` appended to its TOML
+    /// configuration and `env` in its environment (e.g. `REPO_FAILPOINT`).
+    pub fn start_with(data: &Path, listen: &str, extra: &str, env: &[(&str, &str)]) -> ChildServer {
         std::fs::create_dir_all(data).unwrap();
         let cfg_path = data.with_extension("toml");
         let mut text = format!("listen = \"{listen}\"\ndata = \"{}\"\n", data.display());
@@ -151,10 +157,12 @@ impl ChildServer {
                 t.token, t.tenant
             ));
         }
+        text.push_str(extra);
         std::fs::write(&cfg_path, text).unwrap();
         let mut child = Command::new(server_binary())
             .arg("--config")
             .arg(&cfg_path)
+            .envs(env.iter().copied())
             .env("REPO_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -191,6 +199,16 @@ impl ChildServer {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         None
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has ended.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// SIGKILL, keeping the value (to be replaced by a restarted server).

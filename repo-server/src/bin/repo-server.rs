@@ -1,4 +1,5 @@
 //! `repo-server [--config FILE] [--listen ADDR] [--data DIR]`: parse, open, serve.
+//! `repo-server check --data DIR [--repair]`: the offline consistency check.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +22,24 @@ struct Args {
     /// Data directory [default: ./repo-data].
     #[arg(long)]
     data: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// With the server stopped: check that the catalog, index blobs and chunk files agree.
+    /// Prints a JSON report; exits 0 when consistent (leftovers of interrupted writes allowed),
+    /// 1 when problems remain, 2 when the check could not run.
+    Check {
+        /// Data directory of the repository.
+        #[arg(long)]
+        data: PathBuf,
+        /// Also repair what can be repaired without losing anything (see the report's
+        /// `repaired`).
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[tokio::main]
@@ -34,6 +53,22 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if let Some(Command::Check { data, repair }) = &args.command {
+        std::process::exit(match repo_server::check::check(data, *repair) {
+            Ok(report) => {
+                println!("{:#}", report.to_json());
+                if report.consistent() || (*repair && report_fixed(&report)) {
+                    0
+                } else {
+                    1
+                }
+            }
+            Err(e) => {
+                eprintln!("repo-server check: {}", e.message);
+                2
+            }
+        });
+    }
     let mut config = match &args.config {
         Some(p) => Config::from_file(p)?,
         None => Config::default(),
@@ -53,6 +88,16 @@ async fn main() -> anyhow::Result<()> {
     println!("listening on {}", listener.local_addr()?);
     repo_server::run(listener, app, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Whether a repair fixed every problem found (each kind has a matching repair).
+fn report_fixed(r: &repo_server::check::Report) -> bool {
+    r.problems.keys().all(|k| {
+        !matches!(
+            *k,
+            "dangling_references" | "index_blobs_bad" | "undecodable_chunk_rows"
+        )
+    })
 }
 
 async fn shutdown_signal() {

@@ -546,8 +546,19 @@ pub(super) async fn start_gc(State(st): State<AppState>, caller: Caller) -> Resu
     Ok(json_body(&JobStarted { job }, StatusCode::ACCEPTED))
 }
 
-pub(super) async fn start_verify(State(st): State<AppState>, caller: Caller) -> Result<Response> {
-    let job = st.repo.start_verify(&caller)?;
+pub(super) async fn start_verify(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let body = read_body(&headers, body, st.limits.max_json_body, st.idle()).await?;
+    let req: schema::api::VerifyRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        schema::api::VerifyRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let job = st.repo.start_verify(&caller, req)?;
     Ok(json_body(&JobStarted { job }, StatusCode::ACCEPTED))
 }
 
@@ -582,4 +593,36 @@ pub(super) async fn prune(
     let repo = st.repo.clone();
     let report = blocking(move || repo.prune(&caller, req.dry_run, req.source.as_deref())).await?;
     Ok(json_body(&report, StatusCode::OK))
+}
+
+pub(super) async fn get_retention(State(st): State<AppState>, caller: Caller) -> Result<Response> {
+    let repo = st.repo.clone();
+    let r = blocking(move || repo.retention(&caller)).await?;
+    Ok(json_body(&r, StatusCode::OK))
+}
+
+pub(super) async fn put_retention(
+    State(st): State<AppState>,
+    caller: Caller,
+    path: RawPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let source = path.0.first().cloned().unwrap_or_default();
+    let body = read_body(&headers, body, st.limits.max_json_body, st.idle()).await?;
+    let policy: schema::retention::Policy = parse_json(&body)?;
+    let repo = st.repo.clone();
+    let r = blocking(move || repo.set_policy(&caller, &source, &policy)).await?;
+    Ok(json_body(&r, StatusCode::OK))
+}
+
+pub(super) async fn delete_retention(
+    State(st): State<AppState>,
+    caller: Caller,
+    path: RawPath,
+) -> Result<Response> {
+    let source = path.0.first().cloned().unwrap_or_default();
+    let repo = st.repo.clone();
+    blocking(move || repo.delete_policy(&caller, &source)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

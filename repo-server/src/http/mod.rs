@@ -100,6 +100,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/admin/verify"),
     ("post", "/v1/admin/prune"),
     ("get", "/v1/admin/jobs/{id}"),
+    ("get", "/v1/admin/retention"),
+    ("put", "/v1/admin/retention/{source}"),
+    ("delete", "/v1/admin/retention/{source}"),
 ];
 
 /// The router.
@@ -137,6 +140,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/verify", post(h::start_verify))
         .route("/v1/admin/prune", post(h::prune))
         .route("/v1/admin/jobs/{id}", get(h::get_job))
+        .route("/v1/admin/retention", get(h::get_retention))
+        .route(
+            "/v1/admin/retention/{source}",
+            put(h::put_retention).delete(h::delete_retention),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,

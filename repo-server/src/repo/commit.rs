@@ -172,7 +172,9 @@ impl Repository {
         b.add(counter::LOGICAL_BYTES, logical as i64);
         b.put_session(&done)?;
         b.delete_session_data(s);
+        crate::fail::hit("commit.before_batch");
         self.catalog.write(b)?;
+        crate::fail::hit("commit.after_batch");
         self.forget_session(s);
         self.session_closed();
         tracing::info!(session = %s, backup = %backup_id, source = %manifest.source, "backup committed");

@@ -58,6 +58,7 @@ impl Repository {
         let mut b = self.catalog.batch();
         if self.catalog.pins(s, &[*id])?[0].is_none() {
             b.put_pin(s, id, Pin::default());
+            self.mark_live(&mut b, id);
         }
         self.catalog.write(b)?;
         self.metrics.chunks_deduplicated.inc();
@@ -129,10 +130,10 @@ impl Repository {
                 )
             }
             previous => {
-                // New, or a fresh copy healing a chunk verify marked bad: replace the file.
-                if previous.is_some() {
-                    self.chunks.delete(id)?;
-                }
+                // New, or a fresh copy healing a chunk verify marked bad: replace the file. A file
+                // with no sound row is a leftover (GC unlinks after deleting the row; a crash can
+                // fall in between) and may hold another frame of the same bytes, so it goes too.
+                self.chunks.delete(id)?;
                 self.chunks.put(id, &frame)?;
                 let stored = frame.len() as u64;
                 b.put_chunk(
@@ -167,6 +168,7 @@ impl Repository {
         };
         b.put_owner(&r.tenant, id);
         b.put_pin(s, id, pin);
+        self.mark_live(&mut b, id);
         self.catalog.write(b)?;
         self.metrics.bytes_received.add(sent);
         Ok(status)

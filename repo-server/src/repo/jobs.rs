@@ -14,8 +14,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use schema::api::SessionState;
-use schema::ChunkId;
+use schema::api::{SessionState, VerifyRequest};
+use schema::{ChunkId, ErrorCode};
 use serde_json::{json, Value};
 
 use super::{now_ms, Repository};
@@ -30,11 +30,31 @@ pub struct JobTable {
     seq: AtomicU64,
 }
 
+/// Chunk ids written to the mark set per (unlogged) batch.
+const MARK_BATCH: usize = 65_536;
+/// Chunk rows examined per sweep slice (and per write-lock hold when some are deleted).
+const SWEEP_SLICE: usize = 4_096;
+
 /// Progress of a running job, shared with its thread.
 #[derive(Debug, Default)]
 struct Progress {
     done: AtomicU64,
     total: AtomicU64,
+    phase: Mutex<&'static str>,
+}
+
+impl Progress {
+    fn set_phase(&self, phase: &'static str) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "phase": *self.phase.lock().unwrap_or_else(|e| e.into_inner()),
+            "done": self.done.load(Ordering::Relaxed),
+            "total": self.total.load(Ordering::Relaxed),
+        })
+    }
 }
 
 impl Repository {
@@ -51,9 +71,26 @@ impl Repository {
     ///
     /// # Errors
     /// 403 for non-admins.
-    pub fn start_verify(self: &Arc<Self>, caller: &Caller) -> Result<String> {
+    pub fn start_verify(self: &Arc<Self>, caller: &Caller, req: VerifyRequest) -> Result<String> {
         caller.require_admin()?;
-        Ok(self.start_job("verify", |repo, p| repo.verify(p)))
+        if let Some(f) = req.fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(Error::new(
+                    ErrorCode::InvalidBody,
+                    format!("fraction {f} is not in (0, 1]"),
+                ));
+            }
+        }
+        if req
+            .not_verified_days
+            .is_some_and(|d| !(d >= 0.0 && d.is_finite()))
+        {
+            return Err(Error::new(
+                ErrorCode::InvalidBody,
+                "not_verified_days must be a number of days ≥ 0",
+            ));
+        }
+        Ok(self.start_job("verify", move |repo, p| repo.verify(p, &req)))
     }
 
     /// `GET /v1/admin/jobs/{id}`.
@@ -82,7 +119,7 @@ impl Repository {
     fn start_job(
         self: &Arc<Self>,
         kind: &'static str,
-        work: fn(&Repository, &Progress) -> Result<Value>,
+        work: impl FnOnce(&Repository, &Progress) -> Result<Value> + Send + 'static,
     ) -> String {
         let n = self.jobs.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{kind}-{}-{n}", now_ms());
@@ -112,7 +149,7 @@ impl Repository {
                     .get_mut(&tick_id)
                 {
                     if j["state"] == "running" {
-                        j["progress"] = json!({ "done": p2.done.load(Ordering::Relaxed), "total": p2.total.load(Ordering::Relaxed) });
+                        j["progress"] = p2.json();
                     }
                 }
                 std::thread::sleep(std::time::Duration::from_millis(200));
@@ -123,7 +160,7 @@ impl Repository {
             done_flag.store(true, Ordering::Relaxed);
             let mut report = json!({
                 "id": job_id, "kind": kind, "started": started, "finished": schema::time::rfc3339(now_ms()),
-                "progress": { "done": progress.done.load(Ordering::Relaxed), "total": progress.total.load(Ordering::Relaxed) },
+                "progress": progress.json(),
             });
             match outcome {
                 Ok(result) => {
@@ -151,89 +188,273 @@ impl Repository {
         id
     }
 
-    /// Mark and sweep. Blocks uploads for its duration.
+    /// Mark and sweep, while backups run. See the module documentation for why it is safe.
     fn gc(&self, p: &Progress) -> Result<Value> {
-        let _w = self.gc.write().unwrap_or_else(|e| e.into_inner());
-        let now = self.now();
-        let mut marked: HashSet<ChunkId> = HashSet::new();
-        let mut live_indexes: HashSet<String> = HashSet::new();
+        let _one = self.gc_job.lock().unwrap_or_else(|e| e.into_inner());
+        let started = std::time::Instant::now();
+        self.catalog.clear_marks()?;
+        // Under the write lock (a moment): from here on every pin and upload also marks its
+        // chunk, and the snapshot is the state those live marks start from.
+        let (snap, cutoff) = {
+            let _w = self.gc.write().unwrap_or_else(|e| e.into_inner());
+            self.gc_active.store(true, Ordering::SeqCst);
+            let now = self.now();
+            let oldest_open = self
+                .catalog
+                .sessions()?
+                .iter()
+                .filter(|s| s.state == SessionState::Open)
+                .map(|s| s.created_ms)
+                .min()
+                .unwrap_or(now);
+            (
+                self.catalog.snapshot(),
+                oldest_open.min(now) - self.settings.gc_margin_ms,
+            )
+        };
+        let outcome = self.gc_mark_and_sweep(p, &snap, cutoff);
+        {
+            let _w = self.gc.write().unwrap_or_else(|e| e.into_inner());
+            self.gc_active.store(false, Ordering::SeqCst);
+        }
+        drop(snap);
+        self.catalog.clear_marks()?;
+        let mut report = outcome?;
+        report["seconds"] = json!(started.elapsed().as_secs_f64());
+        Ok(report)
+    }
+
+    fn gc_mark_and_sweep(
+        &self,
+        p: &Progress,
+        snap: &crate::catalog::Snapshot<'_>,
+        cutoff: i64,
+    ) -> Result<Value> {
+        // Mark: every chunk of every backup in the snapshot, and every pin in it.
+        p.set_phase("mark");
         let mut backups = 0u64;
-        self.catalog.for_each_backup(|m| {
+        let mut references = 0u64;
+        let mut b = self.catalog.batch();
+        self.catalog.for_each_backup_in(snap, |m| {
             backups += 1;
             for d in &m.disks {
-                live_indexes.insert(d.index_blake3.clone());
-                marked.extend(self.index_of(&m, d)?.into_iter().filter(|c| !c.is_hole()));
+                self.for_each_index_id(&m, d, |c| {
+                    if !c.is_hole() {
+                        references += 1;
+                        b.put_mark(&c);
+                    }
+                    Ok(())
+                })?;
+                if b.len() >= MARK_BATCH {
+                    self.catalog
+                        .write_scratch(std::mem::replace(&mut b, self.catalog.batch()))?;
+                }
             }
-            Ok(())
-        })?;
-        self.catalog.for_each_pin(|_, c| {
-            marked.insert(c);
-        })?;
-        let oldest_open = self
-            .catalog
-            .sessions()?
-            .iter()
-            .filter(|s| s.state == SessionState::Open)
-            .map(|s| s.created_ms)
-            .min()
-            .unwrap_or(now);
-        let cutoff = oldest_open.min(now) - self.settings.gc_margin_ms;
-        let (mut removed, mut freed, mut kept, mut young) = (0u64, 0u64, 0u64, 0u64);
-        let mut gone: HashSet<ChunkId> = HashSet::new();
-        let mut b = self.catalog.batch();
-        self.catalog.for_each_chunk(|c, m| {
             p.done.fetch_add(1, Ordering::Relaxed);
-            if marked.contains(&c) {
-                kept += 1;
-            } else if m.touched_ms >= cutoff {
-                young += 1;
-            } else {
-                self.chunks.delete(&c)?;
-                b.delete_chunk(&c);
-                removed += 1;
-                freed += m.stored_len;
-                gone.insert(c);
+            Ok(())
+        })?;
+        self.catalog.for_each_pin_in(snap, |c| {
+            references += 1;
+            b.put_mark(&c);
+            if b.len() >= MARK_BATCH {
+                self.catalog
+                    .write_scratch(std::mem::replace(&mut b, self.catalog.batch()))?;
             }
             Ok(())
         })?;
-        b.add(counter::CHUNKS, -(removed as i64));
-        b.add(counter::STORED_BYTES, -(freed as i64));
-        self.catalog.for_each_owner(|k, c| {
-            if gone.contains(&c) {
-                b.delete_owner_key(k);
+        self.catalog.write_scratch(b)?;
+        crate::fail::hit("gc.after_mark");
+
+        // Sweep, a slice of the chunk table at a time. Candidates are found without any lock;
+        // each slice's deletions happen under the write lock after checking the marks again.
+        p.set_phase("sweep");
+        p.done.store(0, Ordering::Relaxed);
+        p.total.store(
+            self.catalog.counter(counter::CHUNKS)?.max(0) as u64,
+            Ordering::Relaxed,
+        );
+        let (mut removed, mut freed, mut kept, mut young) = (0u64, 0u64, 0u64, 0u64);
+        let mut after: Option<Box<[u8]>> = None;
+        loop {
+            let rows = self
+                .catalog
+                .slice("chunks", after.as_deref(), SWEEP_SLICE)?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(last.clone());
+            p.done.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            let ids: Vec<ChunkId> = rows
+                .iter()
+                .filter_map(|(k, _)| ChunkId::from_slice(k))
+                .collect();
+            let marked = self.catalog.marked(&ids)?;
+            let mut candidates = Vec::new();
+            for ((c, (_, v)), m) in ids.iter().zip(&rows).zip(marked) {
+                match ChunkMeta::decode(v) {
+                    _ if m => kept += 1,
+                    Some(meta) if meta.touched_ms >= cutoff => young += 1,
+                    _ => candidates.push(*c),
+                }
             }
-        })?;
-        self.catalog.write(b)?;
+            if candidates.is_empty() {
+                continue;
+            }
+            let _w = self.gc.write().unwrap_or_else(|e| e.into_inner());
+            let marked = self.catalog.marked(&candidates)?;
+            let metas = self.catalog.chunks(&candidates)?;
+            let mut gone = Vec::new();
+            let mut b = self.catalog.batch();
+            let (mut n, mut bytes) = (0i64, 0i64);
+            for ((c, m), meta) in candidates.iter().zip(marked).zip(metas) {
+                match meta {
+                    Some(meta) if !m && meta.touched_ms < cutoff => {
+                        b.delete_chunk(c);
+                        b.delete_verified(c);
+                        n += 1;
+                        bytes += meta.stored_len as i64;
+                        gone.push(*c);
+                    }
+                    _ => kept += 1,
+                }
+            }
+            b.add(counter::CHUNKS, -n);
+            b.add(counter::STORED_BYTES, -bytes);
+            // Rows first: the catalog never names a file that is gone. A crash before the
+            // unlinks leaves orphan files, which `check --repair` clears away.
+            self.catalog.write(b)?;
+            crate::fail::hit("gc.after_row_delete");
+            for c in &gone {
+                self.chunks.delete(c)?;
+            }
+            removed += n as u64;
+            freed += bytes as u64;
+        }
+
+        // Owner rows of chunks that are gone.
+        p.set_phase("owners");
+        let mut owners_removed = 0u64;
+        let mut after: Option<Box<[u8]>> = None;
+        loop {
+            let rows = self
+                .catalog
+                .slice("owners", after.as_deref(), SWEEP_SLICE)?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(last.clone());
+            let keys: Vec<Box<[u8]>> = rows.into_iter().map(|(k, _)| k).collect();
+            let stale = self.stale_owner_keys(&keys)?;
+            if stale.is_empty() {
+                continue;
+            }
+            // Checked again under the lock: an upload may have stored the chunk meanwhile.
+            let _w = self.gc.write().unwrap_or_else(|e| e.into_inner());
+            let mut b = self.catalog.batch();
+            for k in self.stale_owner_keys(&stale)? {
+                b.delete_owner_key(&k);
+                owners_removed += 1;
+            }
+            self.catalog.write(b)?;
+        }
+
+        // Index blobs no backup names, under the write lock so no commit is half-way.
+        p.set_phase("indexes");
+        crate::fail::hit("gc.before_index_removal");
         let mut indexes_removed = 0u64;
-        for h in self.indexes.list()? {
-            if !live_indexes.contains(&h.hex()) {
-                self.indexes.delete(&h)?;
-                indexes_removed += 1;
+        {
+            let _w = self.gc.write().unwrap_or_else(|e| e.into_inner());
+            let mut live = HashSet::new();
+            self.catalog.for_each_backup(|m| {
+                live.extend(m.disks.iter().map(|d| d.index_blake3.clone()));
+                Ok(())
+            })?;
+            for h in self.indexes.list()? {
+                if !live.contains(&h.hex()) {
+                    self.indexes.delete(&h)?;
+                    indexes_removed += 1;
+                }
             }
         }
         Ok(json!({
-            "backups": backups, "chunks_marked": marked.len(), "chunks_kept": kept,
+            "backups": backups, "references_marked": references, "chunks_kept": kept,
             "chunks_too_young": young, "chunks_removed": removed, "bytes_freed": freed,
-            "indexes_removed": indexes_removed,
+            "owner_rows_removed": owners_removed, "indexes_removed": indexes_removed,
         }))
     }
 
-    /// Re-reads and re-hashes every chunk.
-    fn verify(&self, p: &Progress) -> Result<Value> {
+    /// The owner rows among `rows` whose chunk no longer exists.
+    fn stale_owner_keys(&self, keys: &[Box<[u8]>]) -> Result<Vec<Box<[u8]>>> {
+        let ids: Vec<ChunkId> = keys
+            .iter()
+            .map(|k| ChunkId::from_slice(&k[k.len().saturating_sub(32)..]).unwrap_or(ChunkId::HOLE))
+            .collect();
+        let metas = self.catalog.chunks(&ids)?;
+        Ok(keys
+            .iter()
+            .zip(metas)
+            .filter(|(_, m)| m.is_none())
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    /// Re-reads and re-hashes every chunk, or the part `req` selects, a slice at a time.
+    fn verify(&self, p: &Progress, req: &VerifyRequest) -> Result<Value> {
         let _r = self.gc_read();
-        let mut all = Vec::new();
-        self.catalog.for_each_chunk(|c, m| {
-            all.push((c, m));
-            Ok(())
-        })?;
-        p.total.store(all.len() as u64, Ordering::Relaxed);
+        p.set_phase("verify");
+        p.total.store(
+            self.catalog.counter(counter::CHUNKS)?.max(0) as u64,
+            Ordering::Relaxed,
+        );
+        let now = self.now();
+        let seed = now_ms().to_le_bytes();
+        let threshold = req.fraction.map(|f| (f * u64::MAX as f64) as u64);
+        let fresh_after = req
+            .not_verified_days
+            .map(|d| now - (d * 86_400_000.0) as i64);
+        let (mut checked, mut skipped) = (0u64, 0u64);
         let (mut corrupt, mut missing) = (Vec::new(), Vec::new());
-        for (c, m) in &all {
-            p.done.fetch_add(1, Ordering::Relaxed);
-            match self.chunk_health(c, m)? {
-                Health::Sound => {}
-                Health::Missing => missing.push(*c),
-                Health::Corrupt => corrupt.push(*c),
+        let mut after: Option<Box<[u8]>> = None;
+        loop {
+            let rows = self
+                .catalog
+                .slice("chunks", after.as_deref(), SWEEP_SLICE)?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(last.clone());
+            let ids: Vec<ChunkId> = rows
+                .iter()
+                .filter_map(|(k, _)| ChunkId::from_slice(k))
+                .collect();
+            let verified = match fresh_after {
+                Some(_) => self.catalog.verified(&ids)?,
+                None => vec![None; ids.len()],
+            };
+            let mut b = self.catalog.batch();
+            for ((c, (_, v)), when) in ids.iter().zip(&rows).zip(verified) {
+                p.done.fetch_add(1, Ordering::Relaxed);
+                let sampled = threshold.is_none_or(|t| {
+                    let mut h = blake3::Hasher::new();
+                    h.update(&seed);
+                    h.update(&c.0);
+                    let x = h.finalize();
+                    u64::from_le_bytes(x.as_bytes()[..8].try_into().unwrap_or([0; 8])) <= t
+                });
+                let due = match (fresh_after, when) {
+                    (Some(limit), Some(t)) => t < limit,
+                    _ => true,
+                };
+                let Some(m) = ChunkMeta::decode(v) else {
+                    continue;
+                };
+                if !(sampled && due) {
+                    skipped += 1;
+                    continue;
+                }
+                checked += 1;
+                match self.chunk_health(c, &m)? {
+                    Health::Sound => b.put_verified(c, now),
+                    Health::Missing => missing.push(*c),
+                    Health::Corrupt => corrupt.push(*c),
+                }
+            }
+            if !b.is_empty() {
+                self.catalog.write(b)?;
             }
         }
         let mut bad: HashSet<ChunkId> = corrupt.iter().chain(&missing).copied().collect();
@@ -286,7 +507,7 @@ impl Repository {
             })?;
         }
         Ok(json!({
-            "chunks_checked": all.len(), "corrupt": corrupt, "missing": missing, "affected_backups": affected,
+            "chunks_checked": checked, "chunks_skipped": skipped, "corrupt": corrupt, "missing": missing, "affected_backups": affected,
         }))
     }
 }

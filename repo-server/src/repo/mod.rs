@@ -8,8 +8,9 @@
 //! - [`retention`]: prune by policy, within the immutability window.
 //!
 //! Locking, outermost first (never taken the other way round):
-//! 1. `gc` (read by every operation that pins or references chunks, write by GC), so a sweep
-//!    never runs between a chunk being found present and it being pinned or referenced;
+//! 1. `gc` (read by every operation that pins or references chunks; write by GC only for
+//!    moments: to start live marking and take its snapshot, and around each slice it deletes),
+//!    so a sweep never runs between a chunk being found present and it being pinned or marked;
 //! 2. the session's own lock (read by find-missing and chunk uploads, write by record appends,
 //!    commit and abort), so nothing pins into a session that is being committed;
 //! 3. a stripe lock per chunk id while its file and row are created.
@@ -24,9 +25,11 @@ pub mod read;
 pub mod retention;
 pub mod session;
 
+pub(crate) use read::index_ids;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use schema::{ChunkId, SessionId};
@@ -101,6 +104,10 @@ pub struct Repository {
     /// Data directory.
     pub data: PathBuf,
     gc: RwLock<()>,
+    /// Set while a GC runs: every pin and upload then also adds its chunk to the mark set.
+    gc_active: AtomicBool,
+    /// One GC at a time.
+    gc_job: Mutex<()>,
     session_locks: Mutex<HashMap<SessionId, Arc<RwLock<()>>>>,
     stripes: Vec<Mutex<()>>,
     /// Last activity per session not yet persisted (ms).
@@ -138,6 +145,8 @@ impl Repository {
             metrics,
             data,
             gc: RwLock::new(()),
+            gc_active: AtomicBool::new(false),
+            gc_job: Mutex::new(()),
             session_locks: Mutex::new(HashMap::new()),
             stripes: (0..256).map(|_| Mutex::new(())).collect(),
             touched: Mutex::new(HashMap::new()),
@@ -175,6 +184,14 @@ impl Repository {
 
     fn gc_read(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.gc.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `c` to a running GC's mark set, in the same batch that pins or stores it. Callers
+    /// hold the `gc` read lock, so GC sees either the pin in its snapshot or this mark.
+    fn mark_live(&self, b: &mut crate::catalog::Batch<'_>, c: &ChunkId) {
+        if self.gc_active.load(Ordering::SeqCst) {
+            b.put_mark(c);
+        }
     }
 
     fn touch(&self, s: &SessionId) {

@@ -106,30 +106,79 @@ impl Repository {
 
     /// The index of one disk of a manifest, checked against its recorded hash.
     pub(crate) fn index_of(&self, m: &Manifest, d: &ManifestDisk) -> Result<Vec<ChunkId>> {
-        let raw = schema::id::from_hex::<32>(&d.index_blake3).ok_or_else(|| {
-            Error::internal(
-                "reading an index",
-                format!("bad index hash in backup {}", m.id),
-            )
+        let mut out = Vec::with_capacity(d.blocks as usize);
+        self.for_each_index_id(m, d, |c| {
+            out.push(c);
+            Ok(())
         })?;
-        let blob = self.indexes.get(&ChunkId(raw)).map_err(|e| {
-            Error::internal(
-                &format!("reading the index of backup {} disk {}", m.id, d.name),
-                e,
-            )
-        })?;
-        if blob.len() as u64 != d.blocks * 32 || blake3::hash(&blob).as_bytes() != &raw {
-            return Err(Error::internal(
-                &format!("reading the index of backup {} disk {}", m.id, d.name),
-                "index blob is corrupt",
-            ));
-        }
-        Ok(blob
-            .chunks_exact(32)
-            .filter_map(ChunkId::from_slice)
-            .collect())
+        Ok(out)
     }
 
+    /// Streams the chunk ids of one disk's index blob in block order, reading it a piece at a
+    /// time; the blob's length and blake3 are checked at the end (an error then means some ids
+    /// already given to `f` came from a corrupt blob).
+    ///
+    /// # Errors
+    /// Internal errors for a missing, short or corrupt blob; errors from `f`.
+    pub(crate) fn for_each_index_id(
+        &self,
+        m: &Manifest,
+        d: &ManifestDisk,
+        f: impl FnMut(ChunkId) -> Result<()>,
+    ) -> Result<()> {
+        index_ids(&self.indexes, m, d, f)
+    }
+}
+
+/// [`Repository::for_each_index_id`] on any index directory (the offline check has no
+/// repository).
+///
+/// # Errors
+/// As there.
+pub(crate) fn index_ids(
+    indexes: &crate::chunk_store::BlobDir,
+    m: &Manifest,
+    d: &ManifestDisk,
+    mut f: impl FnMut(ChunkId) -> Result<()>,
+) -> Result<()> {
+    {
+        use std::io::Read;
+        let context = || format!("reading the index of backup {} disk {}", m.id, d.name);
+        let raw = schema::id::from_hex::<32>(&d.index_blake3)
+            .ok_or_else(|| Error::internal(&context(), "bad index hash in the manifest"))?;
+        let mut file = std::fs::File::open(indexes.path(&ChunkId(raw)))
+            .map_err(|e| Error::internal(&context(), e))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut have, mut total) = (0usize, 0u64);
+        loop {
+            let n = file
+                .read(&mut buf[have..])
+                .map_err(|e| Error::internal(&context(), e))?;
+            if n == 0 && have == 0 {
+                break;
+            }
+            if n == 0 {
+                return Err(Error::internal(&context(), "index blob has a ragged end"));
+            }
+            hasher.update(&buf[have..have + n]);
+            total += n as u64;
+            have += n;
+            let whole = have - have % 32;
+            for id in buf[..whole].chunks_exact(32) {
+                f(ChunkId::from_slice(id).unwrap_or(ChunkId::HOLE))?;
+            }
+            buf.copy_within(whole..have, 0);
+            have -= whole;
+        }
+        if total != d.blocks * 32 || hasher.finalize().as_bytes() != &raw {
+            return Err(Error::internal(&context(), "index blob is corrupt"));
+        }
+        Ok(())
+    }
+}
+
+impl Repository {
     /// Opens one disk of a backup for reading.
     ///
     /// # Errors

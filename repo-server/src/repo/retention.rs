@@ -26,16 +26,76 @@ impl Repository {
         b.add(counter::BACKUPS, -1);
         b.add(counter::LOGICAL_BYTES, -(m.stats.logical_bytes as i64));
         self.catalog.write(b)?;
+        crate::fail::hit("prune.after_delete");
         tracing::info!(backup = %m.id, source = %m.source, "backup deleted");
         Ok(())
     }
 
-    fn policy_for(&self, source: &str) -> Option<&Policy> {
+    /// The policy that applies to `source`: one set over the API, else the config's for the
+    /// source, else the config's default. An empty policy (set to opt a source out) is none.
+    fn policy_for(&self, api: &BTreeMap<String, Policy>, source: &str) -> Option<Policy> {
         let r = &self.settings.retention;
-        r.sources
-            .get(source)
+        api.get(source)
+            .or_else(|| r.sources.get(source))
             .or(r.default.as_ref())
             .filter(|p| !p.is_empty())
+            .cloned()
+    }
+
+    /// `GET /v1/admin/retention`: the immutability window, the schedule, the default and every
+    /// source's policy with where it comes from (`api` overrides `config`).
+    ///
+    /// # Errors
+    /// 403 for non-admins, RocksDB errors.
+    pub fn retention(&self, caller: &Caller) -> Result<Value> {
+        caller.require_admin()?;
+        let r = &self.settings.retention;
+        let mut sources = serde_json::Map::new();
+        for (name, p) in &r.sources {
+            sources.insert(name.clone(), json!({ "policy": p, "origin": "config" }));
+        }
+        for (name, p) in self.catalog.policies()? {
+            sources.insert(name, json!({ "policy": p, "origin": "api" }));
+        }
+        Ok(json!({
+            "min_age_seconds": self.settings.min_age_ms / 1000,
+            "schedule_seconds": r.schedule.map(|d| d.as_secs()),
+            "default": r.default,
+            "sources": sources,
+        }))
+    }
+
+    /// `PUT /v1/admin/retention/{source}`: sets the source's policy, overriding the config's.
+    /// An all-zero policy opts the source out of pruning.
+    ///
+    /// # Errors
+    /// 403, 400 for a bad source name, RocksDB errors.
+    pub fn set_policy(&self, caller: &Caller, source: &str, p: &Policy) -> Result<Value> {
+        caller.require_admin()?;
+        check_source(source)?;
+        let mut b = self.catalog.batch();
+        b.put_policy(source, p)?;
+        self.catalog.write(b)?;
+        tracing::info!(source, policy = ?p, "retention policy set");
+        Ok(json!({ "source": source, "policy": p, "origin": "api" }))
+    }
+
+    /// `DELETE /v1/admin/retention/{source}`: drops the policy set over the API (the config's,
+    /// if any, applies again).
+    ///
+    /// # Errors
+    /// 403, 400, 404 when no policy was set over the API.
+    pub fn delete_policy(&self, caller: &Caller, source: &str) -> Result<()> {
+        caller.require_admin()?;
+        check_source(source)?;
+        if !self.catalog.policies()?.contains_key(source) {
+            return Err(Error::not_found(format!(
+                "retention policy set over the API for source {source}"
+            )));
+        }
+        let mut b = self.catalog.batch();
+        b.delete_policy(source);
+        self.catalog.write(b)
     }
 
     /// `POST /v1/admin/prune`: applies each source's policy (optionally only `source`'s).
@@ -64,9 +124,10 @@ impl Repository {
             }
             Ok(())
         })?;
+        let api = self.catalog.policies()?;
         let mut report = Vec::new();
         for ((tenant, source), backups) in groups {
-            let Some(policy) = self.policy_for(&source).cloned() else {
+            let Some(policy) = self.policy_for(&api, &source) else {
                 report.push(json!({ "tenant": tenant, "source": source, "policy": null, "kept": backups.len() }));
                 continue;
             };
@@ -142,4 +203,15 @@ impl Repository {
         }
         Ok(())
     }
+}
+
+/// Source names follow the rule sessions enforce.
+fn check_source(source: &str) -> Result<()> {
+    if source.is_empty() || source.len() > 256 || source.chars().any(char::is_control) {
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            "source must be 1-256 characters without control characters",
+        ));
+    }
+    Ok(())
 }

@@ -259,6 +259,7 @@ impl Repository {
                 Some(m) if owned[i] && !m.is_bad() => {
                     if pins[i].is_none() {
                         b.put_pin(s, id, Pin::default());
+                        self.mark_live(&mut b, id);
                     }
                 }
                 _ => missing.push(*id),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use serde_json::json;
 use tests::backup::test_data;
-use tests::jobs::{assert_verify_clean, run_job};
+use tests::jobs::{assert_verify_clean, run_job, run_job_with};
 use tests::{backup_disk, Client, DiskUpload, TestServer, ADMIN, BACKUP_A};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -168,5 +168,77 @@ async fn verify_finds_damage_names_backups_and_a_new_backup_heals() {
         );
     }
     assert_verify_clean(&admin).await;
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_by_fraction_and_by_age() {
+    let srv = TestServer::start().await;
+    let c = Client::h2(&srv.url(), Some(BACKUP_A));
+    let admin = c.with_token(Some(ADMIN));
+    let bs = 256usize << 10;
+    // 40 distinct chunks (test_data's zero runs make holes; count what is stored).
+    let disk = test_data(48 * bs, 57);
+    backup_disk(
+        &c,
+        "vm-v",
+        None,
+        &[DiskUpload {
+            name: "d",
+            data: &disk,
+            block_size: bs as u32,
+        }],
+    )
+    .await;
+    let stored = c.with_token(Some(ADMIN)).get("/v1/stats").await.json()["chunks"]
+        .as_u64()
+        .unwrap();
+    assert!(stored >= 30, "{stored}");
+    // Never verified: an age-limited verify checks them all, a second one none.
+    let v = run_job_with(&admin, "verify", &json!({"not_verified_days": 7})).await;
+    assert_eq!(
+        (
+            v["result"]["chunks_checked"].as_u64(),
+            v["result"]["chunks_skipped"].as_u64()
+        ),
+        (Some(stored), Some(0)),
+        "{v}"
+    );
+    let v = run_job_with(&admin, "verify", &json!({"not_verified_days": 7})).await;
+    assert_eq!(
+        (
+            v["result"]["chunks_checked"].as_u64(),
+            v["result"]["chunks_skipped"].as_u64()
+        ),
+        (Some(0), Some(stored)),
+        "{v}"
+    );
+    // Eight days later they are due again.
+    srv.repo
+        .set_clock(repo_server::repo::now_ms() + 8 * 86_400_000);
+    let v = run_job_with(&admin, "verify", &json!({"not_verified_days": 7})).await;
+    assert_eq!(v["result"]["chunks_checked"].as_u64(), Some(stored), "{v}");
+    // A quarter: a sample, neither none nor all (P(0 or all of ≥30) < 2e-4).
+    let v = run_job_with(&admin, "verify", &json!({"fraction": 0.25})).await;
+    let checked = v["result"]["chunks_checked"].as_u64().unwrap();
+    assert!(checked > 0 && checked < stored, "{v}");
+    assert_eq!(
+        checked + v["result"]["chunks_skipped"].as_u64().unwrap(),
+        stored
+    );
+    // Bad options are refused before any job starts.
+    for body in [
+        json!({"fraction": 0}),
+        json!({"fraction": 1.5}),
+        json!({"not_verified_days": -1}),
+        json!({"every": true}),
+    ] {
+        let r = admin.json(Method::POST, "/v1/admin/verify", &body).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_BODY".into()),
+            "{body}"
+        );
+    }
     srv.stop().await;
 }

@@ -2,8 +2,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod campaign;
+mod check;
 mod concurrency;
 mod crash;
+mod gc_scale;
 mod hostile;
 mod lifecycle;
 mod limits;

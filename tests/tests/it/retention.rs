@@ -255,3 +255,117 @@ async fn scheduled_prune_applies_the_policy_by_itself() {
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_set_over_the_api_override_the_config() {
+    let srv = TestServer::start_with(|c| {
+        c.retention.default = Some(Policy {
+            keep_last: 1,
+            ..Policy::default()
+        });
+        c.retention.sources.insert(
+            "vm-cfg".into(),
+            Policy {
+                keep_last: 2,
+                ..Policy::default()
+            },
+        );
+    })
+    .await;
+    let c = Client::h2(&srv.url(), Some(BACKUP_A));
+    let admin = c.with_token(Some(ADMIN));
+    let data = test_data(256 << 10, 11);
+    for source in ["vm-cfg", "vm-api", "vm-off"] {
+        for i in 0..4 {
+            srv.repo
+                .set_clock(schema::time::parse_rfc3339("2026-05-01T00:00:00Z").unwrap() + i * DAY);
+            backup_disk(
+                &c,
+                source,
+                None,
+                &[DiskUpload {
+                    name: "d",
+                    data: &data,
+                    block_size: 256 << 10,
+                }],
+            )
+            .await;
+        }
+    }
+    // Only admins may read or set policies; bodies are checked.
+    assert_eq!(
+        c.get("/v1/admin/retention").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let set = |who: &Client, source: &str, body: &str| {
+        let who = who.clone();
+        let path = format!("/v1/admin/retention/{source}");
+        let body = body.to_owned();
+        async move {
+            who.send(
+                Method::PUT,
+                &path,
+                &[("content-type", "application/json")],
+                body,
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        set(&c, "vm-api", r#"{"keep_last":3}"#).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let bad = set(&admin, "vm-api", r#"{"keep_lots":3}"#).await;
+    assert_eq!(
+        (bad.status, bad.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_BODY".into())
+    );
+    let bad = set(&admin, "vm-api", r#"{"keep_last":-1}"#).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // vm-api keeps 3 by API policy; vm-off is opted out by an empty one; vm-cfg keeps 2 (config).
+    let r = set(&admin, "vm-api", r#"{"keep_last":3}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(set(&admin, "vm-off", "{}").await.status, StatusCode::OK);
+    let got = admin.get("/v1/admin/retention").await.json();
+    assert_eq!(got["default"]["keep_last"], 1, "{got}");
+    assert_eq!(
+        got["sources"]["vm-cfg"],
+        json!({"policy": {"keep_last": 2, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0, "keep_yearly": 0}, "origin": "config"})
+    );
+    assert_eq!(got["sources"]["vm-api"]["origin"], "api");
+    assert_eq!(got["sources"]["vm-api"]["policy"]["keep_last"], 3);
+    let report = admin
+        .json(Method::POST, "/v1/admin/prune", &json!({"dry_run": false}))
+        .await
+        .json();
+    let left = |src: &'static str| {
+        let c = c.clone();
+        async move { ids(&c.get(&format!("/v1/backups?source={src}")).await.json()["backups"]).len() }
+    };
+    assert_eq!(
+        (
+            left("vm-cfg").await,
+            left("vm-api").await,
+            left("vm-off").await
+        ),
+        (2, 3, 4),
+        "{report}"
+    );
+    // Dropping the API policy brings back the default (keep 1); dropping it again is 404.
+    let r = admin
+        .send(Method::DELETE, "/v1/admin/retention/vm-api", &[], "")
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = admin
+        .send(Method::DELETE, "/v1/admin/retention/vm-api", &[], "")
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "NOT_FOUND".into())
+    );
+    admin
+        .json(Method::POST, "/v1/admin/prune", &json!({"dry_run": false}))
+        .await;
+    assert_eq!(left("vm-api").await, 1);
+    srv.stop().await;
+}

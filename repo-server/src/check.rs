@@ -1,0 +1,465 @@
+//! The offline check (`repo-server check --data DIR [--repair]`): with the server stopped, does
+//! the catalog agree with the index blobs and chunk files?
+//!
+//! Findings come in two kinds:
+//! - **problems**: the catalog names something that is not there or not right — a backup
+//!   referencing a chunk with no row, a chunk row whose file is missing or has the wrong size
+//!   without being marked bad, an index blob missing or corrupt, counters or time-index keys that
+//!   disagree with the rows, pins of missing chunks. A crash must never cause one.
+//! - **leftovers**: harmless remains of an interrupted write — temp files, chunk files with no row
+//!   (written but not yet recorded, or unlinked by GC after their row went), index blobs no backup
+//!   names, owner rows and session data of chunks and sessions that are gone, GC's scratch marks.
+//!
+//! `--repair` fixes what can be fixed without losing anything: removes temp files and GC marks,
+//! moves orphan chunk files into `quarantine/` (nothing is deleted that might be data), marks
+//! chunks with missing or wrong-sized files bad (find-missing then asks movers to re-send them),
+//! rebuilds counters and time-index keys, drops stale owner rows, pins and session data, and
+//! removes unreferenced index blobs. It cannot conjure a chunk no file holds: a backup that
+//! references such a chunk stays reported until a mover re-sends it.
+//!
+//! Memory is bounded: everything is read in slices, one fan-out directory at a time.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use schema::api::SessionState;
+use schema::{ChunkId, SessionId};
+use serde_json::{json, Value};
+
+use crate::catalog::{backup_time_keys, counter, Catalog, ChunkMeta};
+use crate::chunk_store::BlobDir;
+use crate::error::{Error, Result};
+
+const SLICE: usize = 4_096;
+/// Problems listed in full in the report (the counts are always complete).
+const MAX_LISTED: usize = 100;
+
+/// What the check found (and, with `--repair`, did).
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Problems by kind: count and the first examples.
+    pub problems: BTreeMap<&'static str, (u64, Vec<String>)>,
+    /// Leftovers by kind: count.
+    pub leftovers: BTreeMap<&'static str, u64>,
+    /// Repairs done, by kind.
+    pub repaired: BTreeMap<&'static str, u64>,
+    /// What was examined.
+    pub examined: BTreeMap<&'static str, u64>,
+}
+
+impl Report {
+    fn problem(&mut self, kind: &'static str, what: String) {
+        let e = self.problems.entry(kind).or_default();
+        e.0 += 1;
+        if e.1.len() < MAX_LISTED {
+            e.1.push(what);
+        }
+    }
+
+    fn leftover(&mut self, kind: &'static str, n: u64) {
+        if n > 0 {
+            *self.leftovers.entry(kind).or_default() += n;
+        }
+    }
+
+    fn repaired(&mut self, kind: &'static str, n: u64) {
+        if n > 0 {
+            *self.repaired.entry(kind).or_default() += n;
+        }
+    }
+
+    /// Whether no problem was found.
+    pub fn consistent(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self) -> Value {
+        let problems: serde_json::Map<String, Value> = self
+            .problems
+            .iter()
+            .map(|(k, (n, ex))| ((*k).to_owned(), json!({ "count": n, "examples": ex })))
+            .collect();
+        json!({
+            "consistent": self.consistent(),
+            "problems": problems,
+            "leftovers": self.leftovers,
+            "repaired": self.repaired,
+            "examined": self.examined,
+        })
+    }
+}
+
+/// Checks the repository under `data`; with `repair`, also repairs.
+///
+/// # Errors
+/// A data dir that is not a repository, a catalog in use by a running server, I/O and RocksDB
+/// errors.
+pub fn check(data: &Path, repair: bool) -> Result<Report> {
+    let catalog_dir = data.join("catalog");
+    if !catalog_dir.join("CURRENT").is_file() {
+        return Err(Error::new(
+            schema::ErrorCode::NotFound,
+            format!("{} is not a repository (no catalog/)", data.display()),
+        ));
+    }
+    let catalog = Catalog::open_raw(&catalog_dir).map_err(|e| {
+        let why = if e.to_string().contains("lock") {
+            format!(
+                "the catalog in {} is in use; stop repo-server first",
+                data.display()
+            )
+        } else {
+            format!("cannot open the catalog in {}: {e}", data.display())
+        };
+        Error::new(schema::ErrorCode::Unavailable, why)
+    })?;
+    let tmp = data.join("tmp");
+    let chunks = BlobDir::existing(data.join("chunks"), tmp.clone(), 2);
+    let indexes = BlobDir::existing(data.join("indexes"), tmp, 1);
+    let mut c = Checker {
+        catalog,
+        chunks,
+        indexes,
+        quarantine: data.join("quarantine"),
+        repair,
+        r: Report::default(),
+    };
+    c.temp_files()?;
+    c.marks()?;
+    c.chunk_rows()?;
+    c.chunk_files()?;
+    c.backups()?;
+    c.sessions()?;
+    c.owners()?;
+    Ok(c.r)
+}
+
+struct Checker {
+    catalog: Catalog,
+    chunks: BlobDir,
+    indexes: BlobDir,
+    quarantine: PathBuf,
+    repair: bool,
+    r: Report,
+}
+
+impl Checker {
+    fn temp_files(&mut self) -> Result<()> {
+        let mut files = self.chunks.temp_files()?;
+        files.extend(self.indexes.temp_files()?);
+        self.r.leftover("temp_files", files.len() as u64);
+        if self.repair {
+            for f in &files {
+                std::fs::remove_file(f)?;
+            }
+            self.r.repaired("temp_files_removed", files.len() as u64);
+        }
+        Ok(())
+    }
+
+    fn marks(&mut self) -> Result<()> {
+        let left = self.catalog.slice("gcmark", None, 1)?;
+        if !left.is_empty() {
+            self.r.leftover("gc_marks", 1);
+            if self.repair {
+                self.catalog.clear_marks()?;
+                self.r.repaired("gc_marks_cleared", 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every chunk row has a file of the recorded size, unless it is marked bad; the chunk
+    /// counters match the rows.
+    fn chunk_rows(&mut self) -> Result<()> {
+        let (mut rows, mut bytes) = (0i64, 0i64);
+        let mut after: Option<Box<[u8]>> = None;
+        loop {
+            let slice = self.catalog.slice("chunks", after.as_deref(), SLICE)?;
+            let Some((last, _)) = slice.last() else { break };
+            after = Some(last.clone());
+            let mut b = self.catalog.batch();
+            for (k, v) in &slice {
+                let (Some(id), Some(m)) = (ChunkId::from_slice(k), ChunkMeta::decode(v)) else {
+                    self.r.problem("undecodable_chunk_rows", hex(k));
+                    continue;
+                };
+                rows += 1;
+                bytes += m.stored_len as i64;
+                if m.is_bad() {
+                    self.r.leftover("chunks_marked_bad", 1);
+                    continue;
+                }
+                let kind = match self.chunks.len(&id) {
+                    Ok(n) if n == m.stored_len => continue,
+                    Ok(_) => "chunk_files_wrong_size",
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => "chunk_files_missing",
+                    Err(e) => return Err(e.into()),
+                };
+                self.r.problem(kind, id.to_string());
+                if self.repair {
+                    if kind == "chunk_files_wrong_size" {
+                        std::fs::create_dir_all(&self.quarantine)?;
+                        std::fs::rename(self.chunks.path(&id), self.quarantine.join(id.hex()))?;
+                    }
+                    b.put_chunk(
+                        &id,
+                        ChunkMeta {
+                            flags: m.flags | ChunkMeta::BAD,
+                            ..m
+                        },
+                    );
+                    self.r.repaired("chunks_marked_bad", 1);
+                }
+            }
+            if !b.is_empty() {
+                self.catalog.write(b)?;
+            }
+        }
+        self.r.examined.insert("chunk_rows", rows as u64);
+        self.counter(counter::CHUNKS, rows)?;
+        self.counter(counter::STORED_BYTES, bytes)
+    }
+
+    fn counter(&mut self, name: &'static str, actual: i64) -> Result<()> {
+        let stored = self.catalog.counter(name)?;
+        if stored != actual {
+            self.r.problem(
+                "counters",
+                format!("{name}: catalog says {stored}, rows say {actual}"),
+            );
+            if self.repair {
+                let mut b = self.catalog.batch();
+                b.set_counter(name, actual);
+                self.catalog.write(b)?;
+                self.r.repaired("counters_rebuilt", 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Chunk files without a row: leftovers, moved to quarantine by `--repair`.
+    fn chunk_files(&mut self) -> Result<()> {
+        let mut files = 0u64;
+        let mut orphans = Vec::new();
+        self.chunks.for_each_leaf(|ids| {
+            files += ids.len() as u64;
+            let metas = self.catalog.chunks(&ids)?;
+            orphans.extend(
+                ids.iter()
+                    .zip(metas)
+                    .filter(|(_, m)| m.is_none())
+                    .map(|(c, _)| *c),
+            );
+            Ok::<(), Error>(())
+        })?;
+        self.r.examined.insert("chunk_files", files);
+        self.r.leftover("orphan_chunk_files", orphans.len() as u64);
+        if self.repair && !orphans.is_empty() {
+            std::fs::create_dir_all(&self.quarantine)?;
+            for c in &orphans {
+                std::fs::rename(self.chunks.path(c), self.quarantine.join(c.hex()))?;
+            }
+            self.r
+                .repaired("orphan_chunk_files_quarantined", orphans.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Every backup's index blobs are whole and every chunk they name has a row; the time index
+    /// and the backup counters agree with the manifests; unreferenced index blobs are leftovers.
+    fn backups(&mut self) -> Result<()> {
+        let (mut n, mut logical) = (0i64, 0i64);
+        let mut live_indexes = HashSet::new();
+        let mut time_keys = HashSet::new();
+        let mut manifests = Vec::new();
+        self.catalog.for_each_backup(|m| {
+            manifests.push(m);
+            Ok(())
+        })?;
+        for m in &manifests {
+            n += 1;
+            logical += m.stats.logical_bytes as i64;
+            let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
+            for k in backup_time_keys(m, created) {
+                time_keys.insert(k);
+            }
+            for d in &m.disks {
+                live_indexes.insert(d.index_blake3.clone());
+                let mut ids = Vec::with_capacity(SLICE);
+                let mut missing = Vec::new();
+                let walk = crate::repo::index_ids(&self.indexes, m, d, |c| {
+                    if !c.is_hole() {
+                        ids.push(c);
+                    }
+                    if ids.len() == SLICE {
+                        missing.extend(self.absent(&std::mem::take(&mut ids))?);
+                    }
+                    Ok(())
+                });
+                if let Err(e) = walk {
+                    self.r.problem(
+                        "index_blobs_bad",
+                        format!("backup {} disk {}: {}", m.id, d.name, e.message),
+                    );
+                    continue;
+                }
+                missing.extend(self.absent(&ids)?);
+                for c in missing {
+                    self.r.problem(
+                        "dangling_references",
+                        format!("backup {} disk {} → chunk {c}", m.id, d.name),
+                    );
+                }
+            }
+        }
+        self.r.examined.insert("backups", n as u64);
+        self.counter(counter::BACKUPS, n)?;
+        self.counter(counter::LOGICAL_BYTES, logical)?;
+        // Time index: every key of every backup, and no other.
+        let mut present = HashSet::new();
+        let mut after: Option<Box<[u8]>> = None;
+        let mut b = self.catalog.batch();
+        loop {
+            let slice = self.catalog.slice("backup_time", after.as_deref(), SLICE)?;
+            let Some((last, _)) = slice.last() else { break };
+            after = Some(last.clone());
+            for (k, _) in slice {
+                if time_keys.contains(&*k) {
+                    present.insert(k.to_vec());
+                } else {
+                    self.r.problem("time_index_stale_keys", hex(&k));
+                    if self.repair {
+                        b.delete_raw("backup_time", &k);
+                        self.r.repaired("time_index_keys_fixed", 1);
+                    }
+                }
+            }
+        }
+        for k in time_keys.difference(&present) {
+            self.r.problem("time_index_missing_keys", hex(k));
+            if self.repair {
+                b.put_raw("backup_time", k, &[]);
+                self.r.repaired("time_index_keys_fixed", 1);
+            }
+        }
+        if !b.is_empty() {
+            self.catalog.write(b)?;
+        }
+        // Index blobs no backup names.
+        let mut orphans = Vec::new();
+        self.indexes.for_each_leaf(|ids| {
+            orphans.extend(ids.into_iter().filter(|h| !live_indexes.contains(&h.hex())));
+            Ok::<(), Error>(())
+        })?;
+        self.r.leftover("orphan_index_blobs", orphans.len() as u64);
+        if self.repair {
+            for h in &orphans {
+                self.indexes.delete(h)?;
+            }
+            self.r
+                .repaired("orphan_index_blobs_removed", orphans.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Chunks among `ids` with no row.
+    fn absent(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>> {
+        let metas = self.catalog.chunks(ids)?;
+        Ok(ids
+            .iter()
+            .zip(metas)
+            .filter(|(_, m)| m.is_none())
+            .map(|(c, _)| *c)
+            .collect())
+    }
+
+    /// Pins and records belong to open sessions; pins name chunks that have rows.
+    fn sessions(&mut self) -> Result<()> {
+        let open: HashSet<SessionId> = self
+            .catalog
+            .sessions()?
+            .into_iter()
+            .filter(|s| s.state == SessionState::Open)
+            .map(|s| s.id)
+            .collect();
+        self.r.examined.insert("open_sessions", open.len() as u64);
+        for cf in ["pins", "entries"] {
+            let mut after: Option<Box<[u8]>> = None;
+            loop {
+                let slice = self.catalog.slice(cf, after.as_deref(), SLICE)?;
+                let Some((last, _)) = slice.last() else { break };
+                after = Some(last.clone());
+                let mut b = self.catalog.batch();
+                let mut pinned = Vec::new();
+                for (k, _) in &slice {
+                    let session = <[u8; 16]>::try_from(&k[..16.min(k.len())])
+                        .ok()
+                        .map(SessionId);
+                    if session.is_some_and(|s| open.contains(&s)) {
+                        if cf == "pins" {
+                            if let Some(c) = ChunkId::from_slice(&k[16..]) {
+                                pinned.push((k.clone(), c));
+                            }
+                        }
+                        continue;
+                    }
+                    self.r.leftover("stale_session_data", 1);
+                    if self.repair {
+                        b.delete_raw(cf, k);
+                        self.r.repaired("stale_session_data_removed", 1);
+                    }
+                }
+                let ids: Vec<ChunkId> = pinned.iter().map(|(_, c)| *c).collect();
+                for ((k, c), m) in pinned.iter().zip(self.catalog.chunks(&ids)?) {
+                    if m.is_none() {
+                        self.r.problem("pins_of_missing_chunks", c.to_string());
+                        if self.repair {
+                            b.delete_raw("pins", k);
+                            self.r.repaired("pins_removed", 1);
+                        }
+                    }
+                }
+                if !b.is_empty() {
+                    self.catalog.write(b)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Owner rows name chunks that exist.
+    fn owners(&mut self) -> Result<()> {
+        let mut after: Option<Box<[u8]>> = None;
+        loop {
+            let slice = self.catalog.slice("owners", after.as_deref(), SLICE)?;
+            let Some((last, _)) = slice.last() else { break };
+            after = Some(last.clone());
+            let ids: Vec<ChunkId> = slice
+                .iter()
+                .map(|(k, _)| {
+                    ChunkId::from_slice(&k[k.len().saturating_sub(32)..]).unwrap_or(ChunkId::HOLE)
+                })
+                .collect();
+            let mut b = self.catalog.batch();
+            for ((k, _), m) in slice.iter().zip(self.catalog.chunks(&ids)?) {
+                if m.is_none() {
+                    self.r.leftover("stale_owner_rows", 1);
+                    if self.repair {
+                        b.delete_owner_key(k);
+                        self.r.repaired("stale_owner_rows_removed", 1);
+                    }
+                }
+            }
+            if !b.is_empty() {
+                self.catalog.write(b)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
