@@ -17,6 +17,8 @@
 //! | `gcmark` | chunk (32) | empty: GC's mark set while a GC runs (not logged, cleared after) |
 //! | `policies` | source | JSON [`schema::retention::Policy`] set over the API |
 //! | `verified` | chunk (32) | i64 LE: when verify last found the chunk sound (Unix ms) |
+//! | `files` | backup 0 disk 0 partition (4) parent 0 name | JSON [`schema::files::FileEntry`] |
+//! | `names` | tenant 0 name 0 !ms (8) backup 0 disk 0 partition (4) path | size (8) mtime (8) LE |
 //!
 //! Every state change is one [`rocksdb::WriteBatch`] written with `sync = true` before the
 //! request that caused it is acknowledged. Chunk files are durable before a batch names them.
@@ -34,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-const CFS: [&str; 12] = [
+const CFS: [&str; 14] = [
     "sessions",
     "pins",
     "entries",
@@ -47,7 +49,102 @@ const CFS: [&str; 12] = [
     "gcmark",
     "policies",
     "verified",
+    "files",
+    "names",
 ];
+
+/// Prefix of a backup's rows in `files` (all its disks and partitions).
+pub fn files_backup_prefix(backup: &str) -> Vec<u8> {
+    let mut k = backup.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// Prefix of one file system's rows in `files`, or of one directory's when `parent` is given.
+pub fn files_prefix(backup: &str, disk: &str, part: u32, parent: Option<&str>) -> Vec<u8> {
+    let mut k = files_backup_prefix(backup);
+    k.extend_from_slice(disk.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&part.to_be_bytes());
+    if let Some(p) = parent {
+        k.extend_from_slice(p.as_bytes());
+        k.push(0);
+    }
+    k
+}
+
+/// Key of one entry in `names`.
+pub fn names_key(
+    tenant: &str,
+    name: &str,
+    created_ms: i64,
+    backup: &str,
+    disk: &str,
+    part: u32,
+    path: &str,
+) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + name.len() + backup.len() + path.len() + 24);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&(!(created_ms.max(0) as u64)).to_be_bytes());
+    k.extend_from_slice(backup.as_bytes());
+    k.push(0);
+    k.extend_from_slice(disk.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&part.to_be_bytes());
+    k.extend_from_slice(path.as_bytes());
+    k
+}
+
+/// One hit of the `names` index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameHit {
+    /// File name.
+    pub name: String,
+    /// Backup creation time, Unix ms.
+    pub created_ms: i64,
+    /// Backup id.
+    pub backup: String,
+    /// Disk.
+    pub disk: String,
+    /// Partition.
+    pub partition: u32,
+    /// Path.
+    pub path: String,
+    /// Size.
+    pub size: u64,
+    /// Modification time, Unix seconds.
+    pub mtime: i64,
+}
+
+fn parse_names_row(tenant_len: usize, k: &[u8], v: &[u8]) -> Option<NameHit> {
+    let rest = k.get(tenant_len + 1..)?;
+    let z = rest.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&rest[..z]).ok()?.to_owned();
+    let rest = &rest[z + 1..];
+    let ms = !u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let rest = &rest[8..];
+    let z = rest.iter().position(|&b| b == 0)?;
+    let backup = std::str::from_utf8(&rest[..z]).ok()?.to_owned();
+    let rest = &rest[z + 1..];
+    let z = rest.iter().position(|&b| b == 0)?;
+    let disk = std::str::from_utf8(&rest[..z]).ok()?.to_owned();
+    let rest = &rest[z + 1..];
+    let partition = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    let path = std::str::from_utf8(&rest[4..]).ok()?.to_owned();
+    Some(NameHit {
+        name,
+        created_ms: ms as i64,
+        backup,
+        disk,
+        partition,
+        path,
+        size: u64::from_le_bytes(v.get(..8)?.try_into().ok()?),
+        mtime: i64::from_le_bytes(v.get(8..16)?.try_into().ok()?),
+    })
+}
 
 /// A raw key and value.
 pub type Row = (Box<[u8]>, Box<[u8]>);
@@ -341,6 +438,46 @@ impl Batch<'_> {
     pub(crate) fn delete_raw(&mut self, cf: &str, key: &[u8]) {
         self.wb.delete_cf(&self.cat.cf(cf), key);
     }
+    /// Stores one entry of a backup's file index, and its `names` row.
+    pub fn put_file(
+        &mut self,
+        m: &Manifest,
+        created_ms: i64,
+        disk: &str,
+        part: u32,
+        e: &schema::files::FileEntry,
+    ) -> Result<()> {
+        let mut k = files_prefix(m.id.as_str(), disk, part, Some(e.parent()));
+        k.extend_from_slice(e.name().as_bytes());
+        let v = serde_json::to_vec(e).map_err(|e| Error::internal("encoding a file entry", e))?;
+        self.wb.put_cf(&self.cat.cf("files"), k, v);
+        let nk = names_key(
+            &m.tenant,
+            e.name(),
+            created_ms,
+            m.id.as_str(),
+            disk,
+            part,
+            &e.path,
+        );
+        let mut nv = [0u8; 16];
+        nv[..8].copy_from_slice(&e.size.to_le_bytes());
+        nv[8..].copy_from_slice(&e.mtime.to_le_bytes());
+        self.wb.put_cf(&self.cat.cf("names"), nk, nv);
+        Ok(())
+    }
+    /// Removes one entry's `names` row.
+    pub fn delete_name(&mut self, key: &[u8]) {
+        self.wb.delete_cf(&self.cat.cf("names"), key);
+    }
+    /// Removes every `files` row of a backup.
+    pub fn delete_files_of(&mut self, backup: &str) {
+        let start = files_backup_prefix(backup);
+        let mut end = backup.as_bytes().to_vec();
+        end.push(1);
+        self.wb
+            .delete_range_cf(&self.cat.cf("files"), start.as_slice(), end.as_slice());
+    }
     /// Adds a chunk to GC's mark set.
     pub fn put_mark(&mut self, c: &ChunkId) {
         self.wb.put_cf(&self.cat.cf("gcmark"), c.0, []);
@@ -509,6 +646,97 @@ impl Catalog {
             let (k, _) = kv?;
             if let Some(c) = ChunkId::from_slice(&k[16.min(k.len())..]) {
                 f(c)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries under `prefix` in `files` (a directory's children, or every entry of a
+    /// backup), in key order after `after` (a key suffix), at most `limit`.
+    ///
+    /// # Errors
+    /// RocksDB or decoding errors.
+    pub fn files_under(
+        &self,
+        prefix: &[u8],
+        after: Option<&str>,
+        limit: usize,
+        mut f: impl FnMut(schema::files::FileEntry) -> Result<()>,
+    ) -> Result<bool> {
+        let mut start = prefix.to_vec();
+        if let Some(a) = after {
+            start.extend_from_slice(a.as_bytes());
+            start.push(0);
+        }
+        for (n, kv) in self
+            .db
+            .iterator_cf(
+                &self.cf("files"),
+                IteratorMode::From(&start, Direction::Forward),
+            )
+            .enumerate()
+        {
+            let (k, v) = kv?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if n == limit {
+                return Ok(true);
+            }
+            f(serde_json::from_slice(&v)
+                .map_err(|e| Error::internal("decoding a file entry", e))?)?;
+        }
+        Ok(false)
+    }
+
+    /// One entry of a backup's file index.
+    ///
+    /// # Errors
+    /// RocksDB or decoding errors.
+    pub fn file(
+        &self,
+        backup: &str,
+        disk: &str,
+        part: u32,
+        path: &str,
+    ) -> Result<Option<schema::files::FileEntry>> {
+        let (parent, name) = schema::files::split(path);
+        let mut k = files_prefix(backup, disk, part, Some(parent));
+        k.extend_from_slice(name.as_bytes());
+        match self.db.get_pinned_cf(&self.cf("files"), k)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::internal("decoding a file entry", e)),
+        }
+    }
+
+    /// Walks `names` rows of `tenant` whose name starts with `name_prefix`, in key order (by
+    /// name, then newest first); `f` returns whether to go on.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn search_names(
+        &self,
+        tenant: &str,
+        name_prefix: &str,
+        mut f: impl FnMut(NameHit) -> Result<bool>,
+    ) -> Result<()> {
+        let mut prefix = tenant.as_bytes().to_vec();
+        prefix.push(0);
+        prefix.extend_from_slice(name_prefix.as_bytes());
+        for kv in self.db.iterator_cf(
+            &self.cf("names"),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if let Some(hit) = parse_names_row(tenant.len(), &k, &v) {
+                if !f(hit)? {
+                    break;
+                }
             }
         }
         Ok(())

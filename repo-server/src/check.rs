@@ -285,6 +285,17 @@ impl Checker {
             for k in backup_time_keys(m, created) {
                 time_keys.insert(k);
             }
+            let file_index_chunks: Vec<ChunkId> = m
+                .file_indexes
+                .iter()
+                .flat_map(|r| r.chunks.iter().copied())
+                .collect();
+            for c in self.absent(&file_index_chunks)? {
+                self.r.problem(
+                    "dangling_references",
+                    format!("backup {} file index → chunk {c}", m.id),
+                );
+            }
             for d in &m.disks {
                 live_indexes.insert(d.index_blake3.clone());
                 let mut ids = Vec::with_capacity(SLICE);

@@ -151,6 +151,26 @@ pub struct CommitRequest {
     /// Source-side statistics (an extension of protocol v1; optional).
     #[serde(default)]
     pub client_stats: Option<ClientStats>,
+    /// Guest file indexes uploaded as chunks of this session (an extension; optional).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_indexes: Vec<FileIndexRef>,
+}
+
+/// A guest file index of one file system, stored as chunks: the concatenation of `chunks` is
+/// `bytes` bytes of JSON lines, one [`crate::files::FileEntry`] each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIndexRef {
+    /// Disk holding the file system.
+    pub disk: DiskName,
+    /// Partition number in the disk's partition table (0: a file system on the whole disk).
+    pub partition: u32,
+    /// Entries in the index.
+    pub files: u64,
+    /// Length of the index.
+    pub bytes: u64,
+    /// Its chunks, in order.
+    pub chunks: Vec<ChunkId>,
 }
 
 /// Commit answer.
@@ -221,6 +241,10 @@ pub struct Manifest {
     pub metadata: serde_json::Value,
     /// The session that produced it.
     pub session: String,
+    /// Guest file indexes (searchable through `/v1/search` and browsable through
+    /// `/v1/backups/{id}/files`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_indexes: Vec<FileIndexRef>,
 }
 
 /// `GET /v1/backups` answer.

@@ -64,6 +64,8 @@ codes! {
     BackupInUse = 409,
     /// The backup is younger than the immutability window; nobody may delete it yet.
     BackupImmutable = 409,
+    /// The guest file matched an exclude pattern at backup time: its data is not in the backup.
+    FileExcluded = 409,
     /// A body or count over the limit.
     TooLarge = 413,
     /// A content type the route does not accept.

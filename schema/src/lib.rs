@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod error;
+pub mod files;
 pub mod id;
 pub mod query;
 pub mod record;

@@ -100,6 +100,10 @@ pub struct BackupReport {
     pub blocks: u64,
     /// Index records sent.
     pub records: u64,
+    /// Entries of the guest file indexes uploaded with the backup.
+    pub files_indexed: u64,
+    /// Seconds spent walking file systems for the file indexes and uploading them.
+    pub file_index_seconds: f64,
     /// Chunks this run uploaded.
     pub chunks_uploaded: u64,
     /// Compressed bytes this run uploaded.
@@ -456,6 +460,18 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     *skipped.entry("unchanged".into()).or_default() += ctx.unchanged_read;
     let (records, uploaded, sent, blocks) = (ctx.records, ctx.uploaded, ctx.sent, ctx.blocks);
 
+    // The guest file indexes, as chunks of this session.
+    let index_started = Instant::now();
+    let file_indexes = upload_file_indexes(
+        client,
+        &session.to_string(),
+        &names,
+        &plans,
+        opts.zstd_level,
+    )
+    .await?;
+    let index_seconds = index_started.elapsed().as_secs_f64();
+
     // Commit.
     let mut commit_disks = serde_json::Map::new();
     for n in &names {
@@ -475,6 +491,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
         "disks": commit_disks,
         "metadata": {"mover": concat!("source-mover ", env!("CARGO_PKG_VERSION")), "paths": paths, "block_size": opts.block_size, "zstd_level": opts.zstd_level, "resumed": resumed},
         "client_stats": {"read_bytes": read_bytes, "skipped_bytes": skipped},
+        "file_indexes": file_indexes,
     });
     let answer = client
         .send_json(
@@ -490,11 +507,67 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     journal.remove();
     let mut r = report_from_manifest(client, &id, opts, &plans, resumed, started, skipped).await?;
     r.read_bytes = read_bytes;
+    r.files_indexed = plans
+        .iter()
+        .flat_map(|p| &p.files)
+        .map(|(_, e)| e.len() as u64)
+        .sum();
+    r.file_index_seconds = index_seconds + plans.iter().map(|p| p.files_seconds).sum::<f64>();
     r.records = records;
     r.chunks_uploaded = uploaded;
     r.sent_bytes = sent;
     r.blocks = blocks;
     Ok(r)
+}
+
+/// Uploads each file system's index (JSON lines, cut into 1 MiB chunks) into the session and
+/// returns the commit's `file_indexes`. Safe to repeat: find-missing pins what is already there.
+async fn upload_file_indexes(
+    client: &RepoClient,
+    session: &str,
+    names: &[String],
+    plans: &[DiskPlan],
+    level: i32,
+) -> Result<Vec<serde_json::Value>> {
+    let mut refs = Vec::new();
+    for (name, plan) in names.iter().zip(plans) {
+        for (part, entries) in &plan.files {
+            let bytes = crate::file_index::to_json_lines(entries);
+            let pieces: Vec<&[u8]> = bytes.chunks(1 << 20).collect();
+            let ids: Vec<ChunkId> = pieces.iter().map(|p| ChunkId::of(p)).collect();
+            if !ids.is_empty() {
+                let body: Vec<u8> = ids.iter().flat_map(|c| c.0).collect();
+                let a = client
+                    .send(
+                        Method::POST,
+                        &format!("/v1/sessions/{session}/find-missing"),
+                        &[("content-type", "application/octet-stream")],
+                        body.into(),
+                    )
+                    .await?;
+                let mut missing: HashSet<ChunkId> = a
+                    .body
+                    .chunks_exact(32)
+                    .filter_map(ChunkId::from_slice)
+                    .collect();
+                for (id, piece) in ids.iter().zip(&pieces) {
+                    if missing.remove(id) {
+                        let frame = zstd::bulk::compress(piece, level).map_err(|e| {
+                            Error::Invalid(format!("compressing a file index: {e}"))
+                        })?;
+                        client
+                            .put_chunk(session, id, Bytes::from(frame), piece.len())
+                            .await?;
+                    }
+                }
+            }
+            refs.push(json!({
+                "disk": name, "partition": part, "files": entries.len(),
+                "bytes": bytes.len(), "chunks": ids,
+            }));
+        }
+    }
+    Ok(refs)
 }
 
 async fn report_from_manifest(
@@ -521,6 +594,8 @@ async fn report_from_manifest(
         },
         blocks: 0,
         records: 0,
+        files_indexed: 0,
+        file_index_seconds: 0.0,
         chunks_uploaded: 0,
         sent_bytes: 0,
         new_chunks: m.stats.new_chunks,

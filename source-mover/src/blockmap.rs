@@ -29,6 +29,10 @@ pub struct DiskPlan {
     pub dropped: BTreeMap<&'static str, Ranges>,
     /// One line per partition or file system found, for the summary.
     pub found: Vec<String>,
+    /// The file index of each ext2/3/4 file system: (partition number, entries).
+    pub files: Vec<(u32, Vec<schema::files::FileEntry>)>,
+    /// Seconds spent building the file indexes.
+    pub files_seconds: f64,
 }
 
 /// Builds the plan of `disk`, dropping the data blocks of files matching `excludes`.
@@ -48,6 +52,8 @@ pub fn plan(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
     }
     let (mut swap, mut free, mut excluded) = (Ranges::new(), Ranges::new(), Ranges::new());
     let mut found = Vec::new();
+    let mut files = Vec::new();
+    let mut files_seconds = 0.0;
     for p in &parts {
         let name = if whole_disk {
             "whole disk".to_string()
@@ -70,6 +76,11 @@ pub fn plan(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
                 excluded = excluded.union(&ex);
             }
             free = free.union(&f);
+            let t = std::time::Instant::now();
+            let index = crate::file_index::build(&fs, excludes)?;
+            files_seconds += t.elapsed().as_secs_f64();
+            line.push_str(&format!(", {} files indexed", index.len()));
+            files.push((p.number, index));
             found.push(line);
         } else if p.len > 4096 && (has_swap_signature(disk, p.start)? || p.kind.is_swap()) {
             swap = swap.union(&Ranges::single(p.start + 4096, p.start + p.len));
@@ -98,6 +109,8 @@ pub fn plan(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
         read,
         dropped,
         found,
+        files,
+        files_seconds,
     })
 }
 
@@ -178,12 +191,7 @@ fn path_match(pat: &[&str], segs: &[&str]) -> bool {
 }
 
 fn seg_match(p: &[u8], s: &[u8]) -> bool {
-    match p.first() {
-        None => s.is_empty(),
-        Some(b'*') => (0..=s.len()).any(|k| seg_match(&p[1..], &s[k..])),
-        Some(b'?') => !s.is_empty() && seg_match(&p[1..], &s[1..]),
-        Some(c) => s.first() == Some(c) && seg_match(&p[1..], &s[1..]),
-    }
+    schema::files::name_match(p, s)
 }
 
 #[cfg(test)]

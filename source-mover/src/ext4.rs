@@ -238,13 +238,26 @@ impl<'a> Ext4<'a> {
     /// # Errors
     /// I/O errors.
     pub fn block_map(&self, inode: &Inode) -> Result<(Vec<Run>, Vec<u64>)> {
+        self.map(inode, true)
+    }
+
+    /// The runs that hold a file's bytes: like [`Ext4::block_map`]'s data runs, but without
+    /// unwritten (uninitialised) extents, whose blocks read as zeros through the file system.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn content_runs(&self, inode: &Inode) -> Result<Vec<Run>> {
+        Ok(self.map(inode, false)?.0)
+    }
+
+    fn map(&self, inode: &Inode, with_unwritten: bool) -> Result<(Vec<Run>, Vec<u64>)> {
         let mut data = Vec::new();
         let mut meta = Vec::new();
         if inode.flags() & 0x1000_0000 != 0 {
             return Ok((data, meta)); // inline data: no blocks
         }
         if inode.flags() & 0x8_0000 != 0 {
-            self.extent_node(&inode.raw[40..100], 0, &mut data, &mut meta)?;
+            self.extent_node(&inode.raw[40..100], 0, with_unwritten, &mut data, &mut meta)?;
         } else if !inode.is_fast_symlink() {
             self.indirect(&inode.raw[40..100], &mut data, &mut meta)?;
         }
@@ -255,6 +268,7 @@ impl<'a> Ext4<'a> {
         &self,
         node: &[u8],
         depth_guard: u32,
+        with_unwritten: bool,
         data: &mut Vec<Run>,
         meta: &mut Vec<u64>,
     ) -> Result<()> {
@@ -271,11 +285,12 @@ impl<'a> Ext4<'a> {
             if depth == 0 {
                 let logical = le32(node, e);
                 let mut len = le16(node, e + 4);
-                if len > 32768 {
+                let unwritten = len > 32768;
+                if unwritten {
                     len -= 32768; // uninitialised extent: still the file's blocks
                 }
                 let phys = (le16(node, e + 6) << 32) | le32(node, e + 8);
-                if phys + len <= self.blocks {
+                if phys + len <= self.blocks && (with_unwritten || !unwritten) {
                     data.push((logical, phys, len));
                 }
             } else {
@@ -287,7 +302,7 @@ impl<'a> Ext4<'a> {
                 let mut buf = vec![0u8; self.block_size as usize];
                 self.disk
                     .read_at(&mut buf, self.offset + leaf * self.block_size)?;
-                self.extent_node(&buf, depth_guard + 1, data, meta)?;
+                self.extent_node(&buf, depth_guard + 1, with_unwritten, data, meta)?;
             }
         }
         Ok(())
@@ -397,6 +412,30 @@ impl Inode {
     /// Whether a regular file.
     pub fn is_file(&self) -> bool {
         self.mode() & 0xF000 == 0x8000
+    }
+    /// Owner (low and high 16 bits).
+    pub fn uid(&self) -> u32 {
+        (le16(&self.raw, 2) | self.hi16(120) << 16) as u32
+    }
+    /// Group.
+    pub fn gid(&self) -> u32 {
+        (le16(&self.raw, 24) | self.hi16(122) << 16) as u32
+    }
+    /// Modification time, Unix seconds (the low 32 bits, signed as ext2 stores them).
+    pub fn mtime(&self) -> i64 {
+        i64::from(le32(&self.raw, 16) as u32 as i32)
+    }
+    /// A fast symlink's target (kept inside the inode).
+    pub fn fast_symlink_target(&self) -> Option<String> {
+        self.is_fast_symlink()
+            .then(|| String::from_utf8_lossy(&self.raw[40..40 + self.size() as usize]).into_owned())
+    }
+    fn hi16(&self, at: usize) -> u64 {
+        if self.raw.len() >= at + 2 {
+            le16(&self.raw, at)
+        } else {
+            0
+        }
     }
     /// Size in bytes.
     pub fn size(&self) -> u64 {

@@ -21,6 +21,7 @@ pub mod demo;
 pub mod disk;
 pub mod error;
 pub mod ext4;
+pub mod file_index;
 pub mod journal;
 pub mod partition;
 pub mod progress;

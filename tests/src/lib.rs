@@ -12,6 +12,7 @@ pub mod backup;
 pub mod client;
 pub mod images;
 pub mod jobs;
+pub mod mover;
 pub mod server;
 
 pub use backup::{backup_disk, DiskUpload};

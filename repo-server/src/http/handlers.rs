@@ -626,3 +626,92 @@ pub(super) async fn delete_retention(
     blocking(move || repo.delete_policy(&caller, &source)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// Typed query parameters; unknown or malformed ones are 400 with serde's reason.
+fn query<T: serde::de::DeserializeOwned>(uri: &http::Uri) -> Result<T> {
+    Query::<T>::try_from_uri(uri).map(|q| q.0).map_err(|e| {
+        Error::new(
+            ErrorCode::BadRequest,
+            format!("bad query: {}", e.body_text()),
+        )
+    })
+}
+
+pub(super) async fn list_files(
+    State(st): State<AppState>,
+    caller: Caller,
+    path: RawPath,
+    uri: http::Uri,
+) -> Result<Response> {
+    let id: BackupId = param(&path, 0)?;
+    let q: crate::repo::files::FilesQuery = query(&uri)?;
+    let repo = st.repo.clone();
+    let v = blocking(move || repo.list_files(&caller, &id, &q)).await?;
+    Ok(json_body(&v, StatusCode::OK))
+}
+
+pub(super) async fn file_content(
+    State(st): State<AppState>,
+    caller: Caller,
+    path: RawPath,
+    uri: http::Uri,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let id: BackupId = param(&path, 0)?;
+    let q: crate::repo::files::FilesQuery = query(&uri)?;
+    let repo = st.repo.clone();
+    let (entry, img) = blocking(move || repo.file_content(&caller, &id, &q)).await?;
+    let size = entry.size;
+    let range = range::resolve(hdr(&headers, "range"), size)?;
+    let (first, last) = range.unwrap_or((0, size.saturating_sub(1)));
+    let len = if size == 0 { 0 } else { last - first + 1 };
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let repo = st.repo.clone();
+    if len > 0 {
+        tokio::task::spawn_blocking(move || {
+            const PIECE: u64 = 1 << 20;
+            let mut at = first;
+            while at <= last {
+                let end = (at + PIECE - 1).min(last);
+                let piece = repo
+                    .read_file_range(&img, &entry, at, end)
+                    .map(Bytes::from)
+                    .map_err(|e| {
+                        tracing::error!(path = %entry.path, error = %e, "file stream broken off");
+                        std::io::Error::other(e.to_string())
+                    });
+                let failed = piece.is_err();
+                if tx.blocking_send(piece).is_err() || failed {
+                    return;
+                }
+                at = end + 1;
+            }
+        });
+    }
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut r = Response::new(Body::from_stream(stream));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCTET));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if range.is_some() {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(r)
+}
+
+pub(super) async fn search(
+    State(st): State<AppState>,
+    caller: Caller,
+    uri: http::Uri,
+) -> Result<Response> {
+    let q: crate::repo::files::SearchQuery = query(&uri)?;
+    let repo = st.repo.clone();
+    let v = blocking(move || repo.search(&caller, &q)).await?;
+    Ok(json_body(&v, StatusCode::OK))
+}

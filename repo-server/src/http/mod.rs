@@ -95,6 +95,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/backups/{id}"),
     ("get", "/v1/backups/{id}/disks/{name}/index"),
     ("get", "/v1/backups/{id}/disks/{name}/image"),
+    ("get", "/v1/backups/{id}/files"),
+    ("get", "/v1/backups/{id}/files/content"),
+    ("get", "/v1/search"),
     ("get", "/v1/stats"),
     ("post", "/v1/admin/gc"),
     ("post", "/v1/admin/verify"),
@@ -135,6 +138,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/backups/{id}/disks/{name}/index", get(h::get_index))
         .route("/v1/backups/{id}/disks/{name}/image", get(h::get_image))
+        .route("/v1/backups/{id}/files", get(h::list_files))
+        .route("/v1/backups/{id}/files/content", get(h::file_content))
+        .route("/v1/search", get(h::search))
         .route("/v1/stats", get(h::stats))
         .route("/v1/admin/gc", post(h::start_gc))
         .route("/v1/admin/verify", post(h::start_verify))

@@ -57,6 +57,8 @@ impl Repository {
             }
         }
         self.check_disks(&r, &req)?;
+        let disk_names: Vec<_> = r.params.disks.iter().map(|d| d.name.clone()).collect();
+        let file_indexes = self.parse_file_indexes(s, &disk_names, &req.file_indexes)?;
         let base =
             match &r.params.base {
                 Some(b) => Some(self.catalog.backup(b)?.ok_or_else(|| {
@@ -161,6 +163,7 @@ impl Repository {
             stats,
             metadata: req.metadata,
             session: s.to_string(),
+            file_indexes: req.file_indexes,
         };
         let mut done = r.clone();
         done.state = SessionState::Committed;
@@ -168,6 +171,7 @@ impl Repository {
         done.last_active_ms = now;
         let mut b = self.catalog.batch();
         b.put_backup(&manifest, now)?;
+        Self::put_file_indexes(&mut b, &manifest, now, &file_indexes)?;
         b.add(counter::BACKUPS, 1);
         b.add(counter::LOGICAL_BYTES, logical as i64);
         b.put_session(&done)?;

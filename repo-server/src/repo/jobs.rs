@@ -250,6 +250,10 @@ impl Repository {
                         .write_scratch(std::mem::replace(&mut b, self.catalog.batch()))?;
                 }
             }
+            for c in m.file_indexes.iter().flat_map(|r| &r.chunks) {
+                references += 1;
+                b.put_mark(c);
+            }
             p.done.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })?;

@@ -4,6 +4,7 @@
 //! - [`ingest`]: verifying and storing uploaded chunks.
 //! - [`commit`]: turning a session into a durable, visible backup.
 //! - [`read`]: the catalog as seen by storage admins, index and image reads, chunk reads.
+//! - [`files`]: the guest file catalog (browse a backup's files, read one, search by name).
 //! - [`jobs`]: GC and verify.
 //! - [`retention`]: prune by policy, within the immutability window.
 //!
@@ -19,6 +20,7 @@
 //! threads.
 
 pub mod commit;
+pub mod files;
 pub mod ingest;
 pub mod jobs;
 pub mod read;

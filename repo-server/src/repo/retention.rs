@@ -23,6 +23,7 @@ impl Repository {
         let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
         let mut b = self.catalog.batch();
         b.delete_backup(m, created);
+        self.delete_file_indexes(&mut b, m, created)?;
         b.add(counter::BACKUPS, -1);
         b.add(counter::LOGICAL_BYTES, -(m.stats.logical_bytes as i64));
         self.catalog.write(b)?;

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod campaign;
+mod catalog;
 mod check;
 mod concurrency;
 mod crash;

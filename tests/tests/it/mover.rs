@@ -1,38 +1,19 @@
 //! The source mover against the real server, on disk images made with real tools.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use source_mover::backup::{backup, BackupOptions, BackupReport, Base};
+use source_mover::backup::{backup, BackupReport, Base};
 use source_mover::client::RepoClient;
 use source_mover::restore::{resolve, restore};
 use tests::images::{
     self, build, dumpe2fs_free, extract, fsck_clean, make_tree, noise, rdump, Image, Layout, Table,
 };
+use tests::mover::{client, opts};
 use tests::{ChildServer, TestServer, BACKUP_A};
 
 const MIB: u64 = 1 << 20;
-
-fn opts(source: &str, disk: &Path, state: &Path) -> BackupOptions {
-    BackupOptions {
-        source: source.into(),
-        disks: vec![("disk0".into(), disk.to_owned())],
-        cbt: BTreeMap::new(),
-        base: Base::Latest,
-        block_size: 1 << 20,
-        zstd_level: 3,
-        excludes: Vec::new(),
-        streams: 16,
-        state_dir: state.to_owned(),
-        progress: false,
-    }
-}
-
-fn client(url: &str) -> RepoClient {
-    RepoClient::new(url, BACKUP_A, Duration::from_secs(120), None).unwrap()
-}
 
 async fn restore_to(c: &RepoClient, id: &str, out: &Path) {
     let m = resolve(c, id, None).await.unwrap();

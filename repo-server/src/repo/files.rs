@@ -1,0 +1,500 @@
+//! The guest file catalog: the file indexes movers upload with a backup become rows of the
+//! `files` column family (browse one backup's directories, read one file) and of `names`
+//! (search by file name across backups, newest first), written in the commit batch so they
+//! appear and disappear with the backup.
+
+use std::collections::HashMap;
+
+use schema::api::{FileIndexRef, Manifest};
+use schema::files::{self, FileEntry, FileKind};
+use schema::{BackupId, ChunkId, DiskName, ErrorCode, SessionId};
+use serde_json::{json, Value};
+
+use super::read::DiskImage;
+use super::Repository;
+use crate::auth::Caller;
+use crate::catalog::{files_prefix, Batch};
+use crate::error::{Error, Result};
+
+/// Largest file index accepted for one file system (bytes of JSON lines).
+const MAX_INDEX_BYTES: u64 = 2 << 30;
+/// Most entries one listing returns.
+pub const MAX_LISTING: usize = 100_000;
+/// Most `names` rows one search examines.
+const MAX_SCANNED: usize = 2_000_000;
+
+/// A parsed file index, waiting for the commit batch.
+#[derive(Debug)]
+pub(crate) struct ParsedIndex {
+    disk: DiskName,
+    partition: u32,
+    entries: Vec<FileEntry>,
+}
+
+/// `GET /v1/backups/{id}/files` parameters.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesQuery {
+    /// Directory (or file) to list; `/` by default.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Disk; by default the first with a file index.
+    #[serde(default)]
+    pub disk: Option<DiskName>,
+    /// Partition; by default the disk's first file system.
+    #[serde(default)]
+    pub partition: Option<u32>,
+    /// Levels below `path` (1: its children).
+    #[serde(default)]
+    pub depth: Option<u32>,
+    /// Most entries (default and maximum 100,000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/search` parameters.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    /// Glob on the file name (`*`, `?`); every name when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Only paths under this directory.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Only backups of this source.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Only backups created at or after (RFC 3339).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only backups created before (RFC 3339).
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Page size (default 100, at most 1,000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// The `next` cursor of the previous page.
+    #[serde(default)]
+    pub after: Option<usize>,
+    /// Tenant to search (admins only; others search their own).
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+fn invalid(msg: String) -> Error {
+    Error::new(ErrorCode::InvalidBody, msg)
+}
+
+impl Repository {
+    /// Reads and checks the file indexes a commit names (their chunks must be pinned by the
+    /// session), before anything of the commit is written.
+    ///
+    /// # Errors
+    /// 422 `INVALID_BODY` / `UNKNOWN_CHUNK` / `LENGTH_MISMATCH`, 409 `COUNT_MISMATCH`, 413.
+    pub(crate) fn parse_file_indexes(
+        &self,
+        s: &SessionId,
+        disks: &[DiskName],
+        refs: &[FileIndexRef],
+    ) -> Result<Vec<ParsedIndex>> {
+        let mut out: Vec<ParsedIndex> = Vec::new();
+        for r in refs {
+            let what = format!("file index of disk {} partition {}", r.disk, r.partition);
+            if !disks.contains(&r.disk) {
+                return Err(invalid(format!("{what}: the session has no such disk")));
+            }
+            if out
+                .iter()
+                .any(|p| p.disk == r.disk && p.partition == r.partition)
+            {
+                return Err(invalid(format!("{what}: given twice")));
+            }
+            if r.bytes > MAX_INDEX_BYTES {
+                return Err(Error::new(
+                    ErrorCode::TooLarge,
+                    format!("{what}: {} bytes; at most {MAX_INDEX_BYTES}", r.bytes),
+                ));
+            }
+            if self.catalog.pins(s, &r.chunks)?.iter().any(Option::is_none) {
+                return Err(Error::new(
+                    ErrorCode::UnknownChunk,
+                    format!("{what}: its chunks must be uploaded (or found present) in this session first"),
+                ));
+            }
+            let metas = self.catalog.chunks(&r.chunks)?;
+            let total: u64 = metas.iter().flatten().map(|m| m.raw_len).sum();
+            if total != r.bytes {
+                return Err(Error::new(
+                    ErrorCode::LengthMismatch,
+                    format!("{what}: its chunks hold {total} bytes, not {}", r.bytes),
+                ));
+            }
+            let mut bytes = Vec::with_capacity(total as usize);
+            for (c, m) in r.chunks.iter().zip(&metas) {
+                let m = m.ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::UnknownChunk,
+                        format!("{what}: chunk {c} is not stored"),
+                    )
+                })?;
+                let data = self.read_chunk(c, m.raw_len)?;
+                if ChunkId::of(&data) != *c {
+                    return Err(Error::internal(
+                        "reading a file index",
+                        format!("chunk {c} does not match its id"),
+                    ));
+                }
+                bytes.extend_from_slice(&data);
+            }
+            let mut entries = Vec::new();
+            for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+                if line.is_empty() {
+                    continue;
+                }
+                let e: FileEntry = serde_json::from_slice(line)
+                    .map_err(|e| invalid(format!("{what}, line {}: {e}", n + 1)))?;
+                if !files::valid_path(&e.path) {
+                    return Err(invalid(format!(
+                        "{what}, line {}: bad path {:?}",
+                        n + 1,
+                        e.path
+                    )));
+                }
+                entries.push(e);
+            }
+            if entries.len() as u64 != r.files {
+                return Err(Error::new(
+                    ErrorCode::CountMismatch,
+                    format!(
+                        "{what}: {} entries, the commit says {}",
+                        entries.len(),
+                        r.files
+                    ),
+                ));
+            }
+            out.push(ParsedIndex {
+                disk: r.disk.clone(),
+                partition: r.partition,
+                entries,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds the rows of parsed file indexes to the commit batch.
+    ///
+    /// # Errors
+    /// Encoding errors.
+    pub(crate) fn put_file_indexes(
+        b: &mut Batch<'_>,
+        m: &Manifest,
+        created_ms: i64,
+        parsed: &[ParsedIndex],
+    ) -> Result<()> {
+        for p in parsed {
+            for e in &p.entries {
+                b.put_file(m, created_ms, p.disk.as_str(), p.partition, e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the removal of a backup's catalog rows to a deletion batch.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub(crate) fn delete_file_indexes(
+        &self,
+        b: &mut Batch<'_>,
+        m: &Manifest,
+        created_ms: i64,
+    ) -> Result<()> {
+        for r in &m.file_indexes {
+            let prefix = files_prefix(m.id.as_str(), r.disk.as_str(), r.partition, None);
+            self.catalog.files_under(&prefix, None, usize::MAX, |e| {
+                b.delete_name(&crate::catalog::names_key(
+                    &m.tenant,
+                    e.name(),
+                    created_ms,
+                    m.id.as_str(),
+                    r.disk.as_str(),
+                    r.partition,
+                    &e.path,
+                ));
+                Ok(())
+            })?;
+        }
+        b.delete_files_of(m.id.as_str());
+        Ok(())
+    }
+
+    fn file_index<'m>(
+        &self,
+        m: &'m Manifest,
+        disk: Option<&DiskName>,
+        part: Option<u32>,
+    ) -> Result<&'m FileIndexRef> {
+        m.file_indexes
+            .iter()
+            .find(|r| disk.is_none_or(|d| *d == r.disk) && part.is_none_or(|p| p == r.partition))
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "a file index in backup {} for disk {} partition {}",
+                    m.id,
+                    disk.map_or("(any)".into(), ToString::to_string),
+                    part.map_or("(any)".into(), |p| p.to_string())
+                ))
+            })
+    }
+
+    /// `GET /v1/backups/{id}/files`: a directory listing (or one file's entry).
+    ///
+    /// # Errors
+    /// 404 for an unknown backup, index or path; 400 for a malformed path.
+    pub fn list_files(&self, caller: &Caller, id: &BackupId, q: &FilesQuery) -> Result<Value> {
+        let m = self.manifest(caller, id)?;
+        let r = self.file_index(&m, q.disk.as_ref(), q.partition)?;
+        let path = q.path.clone().unwrap_or_else(|| "/".into());
+        let path = if path.len() > 1 {
+            path.trim_end_matches('/').to_owned()
+        } else {
+            path
+        };
+        if path != "/" && !files::valid_path(&path) {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                format!("bad path {path:?}: give an absolute path such as /etc"),
+            ));
+        }
+        let depth = q.depth.unwrap_or(1).min(64);
+        let limit = q.limit.unwrap_or(MAX_LISTING).clamp(1, MAX_LISTING);
+        let mut entries = Vec::new();
+        let mut truncated = false;
+        if path != "/" {
+            let e = self
+                .catalog
+                .file(id.as_str(), r.disk.as_str(), r.partition, &path)?
+                .ok_or_else(|| Error::not_found(format!("{path} in backup {id}")))?;
+            if e.kind != FileKind::Dir || depth == 0 {
+                return Ok(listing(&m, r, &path, vec![entry_json(&e)], false));
+            }
+        }
+        let mut queue = std::collections::VecDeque::from([(path.clone(), 1u32)]);
+        while let Some((dir, level)) = queue.pop_front() {
+            let prefix = files_prefix(id.as_str(), r.disk.as_str(), r.partition, Some(&dir));
+            let left = limit - entries.len();
+            let more = self.catalog.files_under(&prefix, None, left, |e| {
+                if e.kind == FileKind::Dir && level < depth {
+                    queue.push_back((e.path.clone(), level + 1));
+                }
+                entries.push(entry_json(&e));
+                Ok(())
+            })?;
+            if more || (entries.len() == limit && !queue.is_empty()) {
+                truncated = true;
+                break;
+            }
+        }
+        Ok(listing(&m, r, &path, entries, truncated))
+    }
+
+    /// `GET /v1/backups/{id}/files/content`: the entry of a regular file and the disk image its
+    /// extents point into.
+    ///
+    /// # Errors
+    /// 404, 409 `FILE_EXCLUDED`, 400 for what is not a regular file.
+    pub fn file_content(
+        &self,
+        caller: &Caller,
+        id: &BackupId,
+        q: &FilesQuery,
+    ) -> Result<(FileEntry, DiskImage)> {
+        let m = self.manifest(caller, id)?;
+        let r = self.file_index(&m, q.disk.as_ref(), q.partition)?;
+        let path = q.path.clone().unwrap_or_default();
+        if !files::valid_path(&path) {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                format!("bad path {path:?}: give the file's absolute path"),
+            ));
+        }
+        let e = self
+            .catalog
+            .file(id.as_str(), r.disk.as_str(), r.partition, &path)?
+            .ok_or_else(|| Error::not_found(format!("{path} in backup {id}")))?;
+        if e.kind != FileKind::File {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                format!("{path} is a {:?}, not a regular file", e.kind).to_lowercase(),
+            ));
+        }
+        if e.excluded {
+            return Err(Error::new(ErrorCode::FileExcluded, format!("{path} matched an exclude pattern when backup {id} was made: its data is not in the backup")));
+        }
+        let img = self.disk_image(caller, id, &r.disk)?;
+        Ok((e, img))
+    }
+
+    /// Bytes `[first, last]` of a file: its extents read from the image, zeros between them.
+    ///
+    /// # Errors
+    /// Read errors of the underlying chunks.
+    pub fn read_file_range(
+        &self,
+        img: &DiskImage,
+        e: &FileEntry,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; (last - first + 1) as usize];
+        let bs = u64::from(img.disk.block_size);
+        for &[foff, doff, len] in &e.extents {
+            let a = foff.max(first);
+            let z = (foff + len).min(last + 1);
+            if a >= z {
+                continue;
+            }
+            // Disk bytes [doff + (a - foff), doff + (z - foff)) into out[a - first..].
+            let (mut d, dend) = (doff + (a - foff), doff + (z - foff));
+            let mut o = (a - first) as usize;
+            while d < dend {
+                let b = d / bs;
+                let block = self.read_block(img, b)?;
+                let from = (d - b * bs) as usize;
+                let n = ((dend - d) as usize).min(block.len().saturating_sub(from));
+                if n == 0 {
+                    break;
+                }
+                out[o..o + n].copy_from_slice(&block[from..from + n]);
+                d += n as u64;
+                o += n;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `GET /v1/search`: files by name across backups the caller may see, newest backup first.
+    ///
+    /// # Errors
+    /// 400 for bad parameters, 403 when a non-admin names another tenant.
+    pub fn search(&self, caller: &Caller, q: &SearchQuery) -> Result<Value> {
+        let tenant = match &q.tenant {
+            Some(t) if caller.sees(t) => t.clone(),
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorCode::Forbidden,
+                    "only admins may search another tenant's catalog",
+                ))
+            }
+            None => caller.tenant.clone(),
+        };
+        let time = |s: &Option<String>, what: &str| -> Result<Option<i64>> {
+            s.as_deref()
+                .map(|t| {
+                    schema::time::parse_rfc3339(t).ok_or_else(|| {
+                        Error::new(
+                            ErrorCode::BadRequest,
+                            format!("{what} must be an RFC 3339 time such as 2026-11-25T00:00:00Z"),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let (since, until) = (time(&q.since, "since")?, time(&q.until, "until")?);
+        let glob = q.name.clone().unwrap_or_else(|| "*".into());
+        if glob.is_empty() || glob.contains('/') {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                "name is a glob on the file name (no '/'): nginx.conf, *.conf, log?.txt",
+            ));
+        }
+        let under = q
+            .path
+            .as_deref()
+            .map(|p| format!("{}/", p.trim_end_matches('/')));
+        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+        let skip = q.after.unwrap_or(0);
+        let mut sources: HashMap<String, Option<(String, String)>> = HashMap::new();
+        let mut hits = Vec::new();
+        let mut scanned = 0usize;
+        let mut truncated = false;
+        self.catalog
+            .search_names(&tenant, files::literal_prefix(&glob), |h| {
+                scanned += 1;
+                if scanned > MAX_SCANNED {
+                    truncated = true;
+                    return Ok(false);
+                }
+                if !files::name_match(glob.as_bytes(), h.name.as_bytes())
+                    || since.is_some_and(|s| h.created_ms < s)
+                    || until.is_some_and(|u| h.created_ms >= u)
+                    || under.as_deref().is_some_and(|u| !h.path.starts_with(u))
+                {
+                    return Ok(true);
+                }
+                let info = match sources.get(&h.backup) {
+                    Some(i) => i.clone(),
+                    None => {
+                        let i = match h.backup.parse::<BackupId>() {
+                            Ok(b) => self.catalog.backup(&b)?.map(|m| (m.source, m.created)),
+                            Err(_) => None,
+                        };
+                        sources.insert(h.backup.clone(), i.clone());
+                        i
+                    }
+                };
+                let Some((source, created)) = info else {
+                    return Ok(true);
+                };
+                if q.source.as_deref().is_some_and(|s| s != source) {
+                    return Ok(true);
+                }
+                hits.push((h, source, created));
+                Ok(true)
+            })?;
+        hits.sort_by(|a, b| {
+            b.0.created_ms
+                .cmp(&a.0.created_ms)
+                .then_with(|| a.0.path.cmp(&b.0.path))
+        });
+        let total = hits.len();
+        let results: Vec<Value> = hits
+            .into_iter()
+            .skip(skip)
+            .take(limit)
+            .map(|(h, source, created)| {
+                json!({
+                    "backup": h.backup, "source": source, "created": created, "disk": h.disk,
+                    "partition": h.partition, "path": h.path, "size": h.size,
+                    "mtime": schema::time::rfc3339(h.mtime * 1000),
+                })
+            })
+            .collect();
+        let next = (skip + limit < total).then_some(skip + limit);
+        Ok(
+            json!({ "tenant": tenant, "results": results, "total": total, "next": next, "truncated": truncated }),
+        )
+    }
+}
+
+fn entry_json(e: &FileEntry) -> Value {
+    json!({
+        "path": e.path, "name": e.name(), "kind": e.kind, "size": e.size,
+        "mode": format!("{:o}", e.mode), "uid": e.uid, "gid": e.gid,
+        "mtime": schema::time::rfc3339(e.mtime * 1000), "excluded": e.excluded,
+    })
+}
+
+fn listing(
+    m: &Manifest,
+    r: &FileIndexRef,
+    path: &str,
+    entries: Vec<Value>,
+    truncated: bool,
+) -> Value {
+    json!({
+        "backup": m.id, "disk": r.disk, "partition": r.partition, "path": path,
+        "entries": entries, "truncated": truncated,
+    })
+}

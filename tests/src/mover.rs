@@ -1,0 +1,32 @@
+//! The real source mover as a library, set up the way the tests use it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use source_mover::backup::{BackupOptions, Base};
+use source_mover::client::RepoClient;
+
+use crate::BACKUP_A;
+
+/// Options for a backup of one disk (`disk0`) of `source`, 1 MiB blocks, the latest backup as
+/// base, 16 streams, no progress output.
+pub fn opts(source: &str, disk: &Path, state: &Path) -> BackupOptions {
+    BackupOptions {
+        source: source.into(),
+        disks: vec![("disk0".into(), disk.to_owned())],
+        cbt: BTreeMap::new(),
+        base: Base::Latest,
+        block_size: 1 << 20,
+        zstd_level: 3,
+        excludes: Vec::new(),
+        streams: 16,
+        state_dir: state.to_owned(),
+        progress: false,
+    }
+}
+
+/// A client of tenant `acme` (backup role) with a 120 s retry window.
+pub fn client(url: &str) -> RepoClient {
+    RepoClient::new(url, BACKUP_A, Duration::from_secs(120), None).unwrap()
+}
