@@ -518,21 +518,7 @@ pub(super) async fn get_image(
             }
         });
     }
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    let mut r = Response::new(Body::from_stream(stream));
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCTET));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if range.is_some() {
-        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
-            r.headers_mut().insert(header::CONTENT_RANGE, v);
-        }
-    }
-    Ok(r)
+    Ok(byte_stream(rx, len, range.map(|_| (first, last, size))))
 }
 
 pub(super) async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Response> {
@@ -688,21 +674,7 @@ pub(super) async fn file_content(
             }
         });
     }
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    let mut r = Response::new(Body::from_stream(stream));
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCTET));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if range.is_some() {
-        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
-            r.headers_mut().insert(header::CONTENT_RANGE, v);
-        }
-    }
-    Ok(r)
+    Ok(byte_stream(rx, len, range.map(|_| (first, last, size))))
 }
 
 pub(super) async fn search(
@@ -714,4 +686,28 @@ pub(super) async fn search(
     let repo = st.repo.clone();
     let v = blocking(move || repo.search(&caller, &q)).await?;
     Ok(json_body(&v, StatusCode::OK))
+}
+
+/// A streamed `application/octet-stream` answer of `len` bytes fed by `rx`; with `partial`
+/// (first, last, size) it is a 206 with `Content-Range`.
+fn byte_stream(
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    len: u64,
+    partial: Option<(u64, u64, u64)>,
+) -> Response {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut r = Response::new(Body::from_stream(stream));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCTET));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some((first, last, size)) = partial {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    r
 }
