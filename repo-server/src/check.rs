@@ -239,30 +239,28 @@ impl Checker {
         Ok(())
     }
 
-    /// Chunk files without a row: leftovers, moved to quarantine by `--repair`.
+    /// Chunk files without a row: leftovers, moved to quarantine by `--repair` (one fan-out
+    /// directory at a time).
     fn chunk_files(&mut self) -> Result<()> {
-        let mut files = 0u64;
-        let mut orphans = Vec::new();
-        self.chunks.for_each_leaf(|ids| {
+        let (mut files, mut orphans) = (0u64, 0u64);
+        let (catalog, chunks, quarantine, repair) =
+            (&self.catalog, &self.chunks, &self.quarantine, self.repair);
+        chunks.for_each_leaf(|ids| {
             files += ids.len() as u64;
-            let metas = self.catalog.chunks(&ids)?;
-            orphans.extend(
-                ids.iter()
-                    .zip(metas)
-                    .filter(|(_, m)| m.is_none())
-                    .map(|(c, _)| *c),
-            );
+            let metas = catalog.chunks(&ids)?;
+            for (c, _) in ids.iter().zip(metas).filter(|(_, m)| m.is_none()) {
+                orphans += 1;
+                if repair {
+                    std::fs::create_dir_all(quarantine)?;
+                    std::fs::rename(chunks.path(c), quarantine.join(c.hex()))?;
+                }
+            }
             Ok::<(), Error>(())
         })?;
         self.r.examined.insert("chunk_files", files);
-        self.r.leftover("orphan_chunk_files", orphans.len() as u64);
-        if self.repair && !orphans.is_empty() {
-            std::fs::create_dir_all(&self.quarantine)?;
-            for c in &orphans {
-                std::fs::rename(self.chunks.path(c), self.quarantine.join(c.hex()))?;
-            }
-            self.r
-                .repaired("orphan_chunk_files_quarantined", orphans.len() as u64);
+        self.r.leftover("orphan_chunk_files", orphans);
+        if repair {
+            self.r.repaired("orphan_chunk_files_quarantined", orphans);
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ pub struct DiskPlan {
     pub found: Vec<String>,
     /// The file index of each ext2/3/4 file system: (partition number, entries).
     pub files: Vec<(u32, Vec<schema::files::FileEntry>)>,
-    /// Seconds spent building the file indexes.
+    /// Seconds spent walking file systems (the one walk gives the index and the excluded files).
     pub files_seconds: f64,
 }
 
@@ -67,20 +67,21 @@ pub fn plan(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
                 fs.block_size / 1024,
                 f.total() >> 20
             );
+            let t = std::time::Instant::now();
+            let walk = crate::file_index::build(&fs, excludes)?;
+            files_seconds += t.elapsed().as_secs_f64();
             if !excludes.is_empty() {
-                let (ex, files) = excluded_ranges(&fs, excludes)?;
+                let ex = fs.to_bytes(&Ranges::from_unsorted(walk.excluded_blocks));
                 line.push_str(&format!(
-                    ", {files} excluded files ({} MiB)",
+                    ", {} excluded files ({} MiB)",
+                    walk.excluded_files,
                     ex.total() >> 20
                 ));
                 excluded = excluded.union(&ex);
             }
             free = free.union(&f);
-            let t = std::time::Instant::now();
-            let index = crate::file_index::build(&fs, excludes)?;
-            files_seconds += t.elapsed().as_secs_f64();
-            line.push_str(&format!(", {} files indexed", index.len()));
-            files.push((p.number, index));
+            line.push_str(&format!(", {} files indexed", walk.entries.len()));
+            files.push((p.number, walk.entries));
             found.push(line);
         } else if p.len > 4096 && (has_swap_signature(disk, p.start)? || p.kind.is_swap()) {
             swap = swap.union(&Ranges::single(p.start + 4096, p.start + p.len));
@@ -121,39 +122,6 @@ fn has_swap_signature(disk: &Disk, start: u64) -> Result<bool> {
     let mut sig = [0u8; 10];
     disk.read_at(&mut sig, start + 4086)?;
     Ok(&sig == b"SWAPSPACE2" || &sig == b"SWAP-SPACE")
-}
-
-/// Data blocks of every regular file under the root whose path matches a pattern.
-fn excluded_ranges(fs: &Ext4<'_>, patterns: &[String]) -> Result<(Ranges, u64)> {
-    let mut blocks = Vec::new();
-    let mut files = 0u64;
-    // (inode, path, whether an ancestor directory already matched)
-    let mut stack = vec![(2u64, String::new(), false)];
-    let mut seen = std::collections::HashSet::new();
-    while let Some((ino, path, inherited)) = stack.pop() {
-        if !seen.insert(ino) || seen.len() > 50_000_000 {
-            continue;
-        }
-        let Some(dir) = fs.inode(ino)? else { continue };
-        for (name, child, _) in fs.read_dir(&dir)? {
-            if name == b"." || name == b".." {
-                continue;
-            }
-            let child_path = format!("{path}/{}", String::from_utf8_lossy(&name));
-            let hit = inherited || patterns.iter().any(|p| glob_match(p, &child_path));
-            let Some(inode) = fs.inode(child)? else {
-                continue;
-            };
-            if inode.is_dir() {
-                stack.push((child, child_path, hit));
-            } else if inode.is_file() && hit {
-                let (runs, _) = fs.block_map(&inode)?;
-                blocks.extend(runs.into_iter().map(|(_, phys, n)| (phys, phys + n)));
-                files += 1;
-            }
-        }
-    }
-    Ok((fs.to_bytes(&Ranges::from_unsorted(blocks)), files))
 }
 
 /// Matches a path such as `/var/log/syslog` against a pattern: `*` within one path segment,

@@ -9,13 +9,26 @@ use crate::blockmap::glob_match;
 use crate::error::Result;
 use crate::ext4::Ext4;
 
+/// What one walk of a file system gives: the index, and the blocks of the excluded files.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// Every entry, in walk order.
+    pub entries: Vec<FileEntry>,
+    /// Data blocks (unwritten extents included) of excluded regular files, as
+    /// (first, end) file-system block ranges.
+    pub excluded_blocks: Vec<(u64, u64)>,
+    /// Excluded regular files.
+    pub excluded_files: u64,
+}
+
 /// Walks the file system from its root. Entries come in walk order; files matching an exclude
-/// pattern (or under a directory that matches) are flagged `excluded`.
+/// pattern (or under a directory that matches) are flagged `excluded`, and their data blocks
+/// collected so the plan can drop them.
 ///
 /// # Errors
 /// I/O errors reading metadata.
-pub fn build(fs: &Ext4<'_>, excludes: &[String]) -> Result<Vec<FileEntry>> {
-    let mut out = Vec::new();
+pub fn build(fs: &Ext4<'_>, excludes: &[String]) -> Result<Walk> {
+    let mut walk = Walk::default();
     let mut stack = vec![(2u64, String::new(), false)];
     let mut seen = std::collections::HashSet::new();
     while let Some((ino, path, inherited)) = stack.pop() {
@@ -52,13 +65,21 @@ pub fn build(fs: &Ext4<'_>, excludes: &[String]) -> Result<Vec<FileEntry>> {
             };
             match kind {
                 FileKind::Dir => stack.push((child, child_path, excluded)),
-                FileKind::File => e.extents = extents(fs, &inode)?,
+                FileKind::File => {
+                    e.extents = extents(fs, &inode)?;
+                    if excluded {
+                        let (runs, _) = fs.block_map(&inode)?;
+                        walk.excluded_blocks
+                            .extend(runs.into_iter().map(|(_, phys, n)| (phys, phys + n)));
+                        walk.excluded_files += 1;
+                    }
+                }
                 _ => {}
             }
-            out.push(e);
+            walk.entries.push(e);
         }
     }
-    Ok(out)
+    Ok(walk)
 }
 
 /// `[file offset, disk offset, length]` runs of a regular file, clipped to its size and merged
