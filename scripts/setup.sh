@@ -6,10 +6,11 @@
 #   curl, jq       the walkthrough itself
 #   bc, time       totals and measurements in the scripts
 #   e2fsprogs, fdisk, util-linux   mke2fs, debugfs, e2fsck, sfdisk, mkswap: the demo and the tests build real disk images
+#   samba, smbclient   the gateway's tests run a real Samba server on loopback (smbclient inspects the share)
 set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in libclang-dev zstd b3sum curl jq e2fsprogs fdisk util-linux bc time; do have "$p" || need+=("$p"); done
+for p in libclang-dev zstd b3sum curl jq e2fsprogs fdisk util-linux bc time samba smbclient; do have "$p" || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -306,3 +306,79 @@ pub struct JobStarted {
     /// Job id.
     pub job: String,
 }
+
+/// One entry of a guest file listing (`GET /v1/backups/{id}/files`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedFile {
+    /// Absolute path inside the file system.
+    pub path: String,
+    /// Last component of the path.
+    pub name: String,
+    /// Kind.
+    pub kind: crate::files::FileKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// `st_mode` in octal text (`100644`).
+    pub mode: String,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, RFC 3339.
+    pub mtime: String,
+    /// Matched an exclude: listed, data not backed up.
+    pub excluded: bool,
+}
+
+/// A guest directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileListing {
+    /// Backup.
+    pub backup: BackupId,
+    /// Disk.
+    pub disk: DiskName,
+    /// Partition number (0: a file system on the whole disk).
+    pub partition: u32,
+    /// The listed path.
+    pub path: String,
+    /// Entries, breadth first.
+    pub entries: Vec<ListedFile>,
+    /// More entries than the limit.
+    pub truncated: bool,
+}
+
+/// One search result (`GET /v1/search`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchHit {
+    /// Backup.
+    pub backup: String,
+    /// Its source.
+    pub source: String,
+    /// When the backup was committed, RFC 3339.
+    pub created: String,
+    /// Disk.
+    pub disk: String,
+    /// Partition number.
+    pub partition: u32,
+    /// Path of the file inside the file system.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, RFC 3339.
+    pub mtime: String,
+}
+
+/// A page of search results, newest backup first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchResults {
+    /// The tenant searched.
+    pub tenant: String,
+    /// This page.
+    pub results: Vec<SearchHit>,
+    /// Matches in all pages.
+    pub total: usize,
+    /// `after=` value of the next page, if there is one.
+    pub next: Option<usize>,
+    /// The scan stopped at its limit: there may be matches not counted.
+    pub truncated: bool,
+}

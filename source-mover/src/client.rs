@@ -179,6 +179,31 @@ impl RepoClient {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<Answer> {
+        let resp = self.request(method, path, headers, body).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| self.network(&e))?
+            .to_bytes();
+        if !parts.status.is_success() {
+            return Err(refusal(parts.status, &body));
+        }
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// Sends one request and returns the answer with its body unread.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
         let mut b = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
@@ -189,38 +214,108 @@ impl RepoClient {
         let req = b
             .body(Full::new(body))
             .map_err(|e| Error::Invalid(format!("bad request {path}: {e}")))?;
-        let net = |e: &dyn std::fmt::Display| Error::Network {
-            url: self.base.clone(),
-            message: e.to_string(),
-        };
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.http.len();
-        let resp = self.http[i].request(req).await.map_err(|e| {
+        self.http[i].request(req).await.map_err(|e| {
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
                 msg.push_str(&format!(": {s}"));
                 src = s.source();
             }
-            net(&msg)
-        })?;
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(|e| net(&e))?.to_bytes();
-        if parts.status.is_success() {
-            return Ok(Answer {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-            });
-        }
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        Err(Error::Repo {
-            status: parts.status.as_u16(),
-            code: v["error"]["code"].as_str().unwrap_or("").to_owned(),
-            message: v["error"]["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
+            self.network(&msg)
         })
+    }
+
+    fn network(&self, e: &dyn std::fmt::Display) -> Error {
+        Error::Network {
+            url: self.base.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Streams the body of `GET path` into `out` and returns its length. A connection that breaks
+    /// mid-body is retried like any network fault, asking with `Range` for the rest only, so a
+    /// large file is never fetched twice and never written twice.
+    ///
+    /// # Errors
+    /// The repository's refusal, a write error on `out`, or the last network error once the retry
+    /// time is spent.
+    pub async fn download(&self, path: &str, out: &mut (dyn std::io::Write + Send)) -> Result<u64> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(200);
+        let mut done = 0u64;
+        loop {
+            match self.download_from(path, &mut done, out).await {
+                Ok(()) => return Ok(done),
+                Err(e) if e.is_retryable() && started.elapsed() + delay < self.retry_for => {
+                    eprintln!(
+                        "source-mover: {e}; resuming GET {path} at byte {done} in {:.1}s",
+                        delay.as_secs_f64()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn download_from(
+        &self,
+        path: &str,
+        done: &mut u64,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<()> {
+        let range = format!("bytes={done}-");
+        let headers: &[(&str, &str)] = if *done > 0 {
+            &[("range", range.as_str())]
+        } else {
+            &[]
+        };
+        let resp = self
+            .request(Method::GET, path, headers, Bytes::new())
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| self.network(&e))?
+                .to_bytes();
+            return Err(refusal(status, &body));
+        }
+        if *done > 0 && status != StatusCode::PARTIAL_CONTENT {
+            return Err(Error::Invalid(format!(
+                "GET {path}: the repository ignored a Range request when resuming at byte {done}"
+            )));
+        }
+        // The whole length: Content-Length of a 200, the part after '/' of a 206's Content-Range.
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let total = if status == StatusCode::PARTIAL_CONTENT {
+            header("content-range").and_then(|r| r.rsplit('/').next()?.parse::<u64>().ok())
+        } else {
+            header("content-length").and_then(|l| l.parse::<u64>().ok())
+        };
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.network(&e))?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data).map_err(|e| Error::io("output", e))?;
+                *done += data.len() as u64;
+            }
+        }
+        match total {
+            Some(t) if t != *done => Err(self.network(&format!(
+                "GET {path}: the answer ended at byte {done} of {t}"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// GET and decode JSON.
@@ -279,5 +374,18 @@ impl RepoClient {
             frame,
         )
         .await
+    }
+}
+
+/// The error for a non-2xx answer: the protocol's code and message when the body has them.
+fn refusal(status: StatusCode, body: &[u8]) -> Error {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    Error::Repo {
+        status: status.as_u16(),
+        code: v["error"]["code"].as_str().unwrap_or("").to_owned(),
+        message: v["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
     }
 }

@@ -10,6 +10,7 @@
 //! - [`backup`]: the read → hash → find-missing → compress → upload → record → commit pipeline.
 //! - [`journal`]: what makes an interrupted backup resumable.
 //! - [`restore`]: restore and verify.
+//! - [`files`]: the guest file catalog from the command line (`files ls|get|search`).
 //! - [`progress`]: progress on stderr.
 //! - [`demo`]: the end-to-end demonstration behind `source-mover demo`.
 
@@ -22,6 +23,7 @@ pub mod disk;
 pub mod error;
 pub mod ext4;
 pub mod file_index;
+pub mod files;
 pub mod journal;
 pub mod partition;
 pub mod progress;

@@ -5,10 +5,9 @@
 
 use std::collections::HashMap;
 
-use schema::api::{FileIndexRef, Manifest};
+use schema::api::{FileIndexRef, FileListing, ListedFile, Manifest, SearchHit, SearchResults};
 use schema::files::{self, FileEntry, FileKind};
 use schema::{BackupId, ChunkId, DiskName, ErrorCode, SessionId};
-use serde_json::{json, Value};
 
 use super::read::DiskImage;
 use super::Repository;
@@ -252,7 +251,12 @@ impl Repository {
     ///
     /// # Errors
     /// 404 for an unknown backup, index or path; 400 for a malformed path.
-    pub fn list_files(&self, caller: &Caller, id: &BackupId, q: &FilesQuery) -> Result<Value> {
+    pub fn list_files(
+        &self,
+        caller: &Caller,
+        id: &BackupId,
+        q: &FilesQuery,
+    ) -> Result<FileListing> {
         let m = self.manifest(caller, id)?;
         let r = self.file_index(&m, q.disk.as_ref(), q.partition)?;
         let path = q.path.clone().unwrap_or_else(|| "/".into());
@@ -378,7 +382,7 @@ impl Repository {
     ///
     /// # Errors
     /// 400 for bad parameters, 403 when a non-admin names another tenant.
-    pub fn search(&self, caller: &Caller, q: &SearchQuery) -> Result<Value> {
+    pub fn search(&self, caller: &Caller, q: &SearchQuery) -> Result<SearchResults> {
         let tenant = match &q.tenant {
             Some(t) if caller.sees(t) => t.clone(),
             Some(_) => {
@@ -459,42 +463,59 @@ impl Repository {
                 .then_with(|| a.0.path.cmp(&b.0.path))
         });
         let total = hits.len();
-        let results: Vec<Value> = hits
+        let results: Vec<SearchHit> = hits
             .into_iter()
             .skip(skip)
             .take(limit)
-            .map(|(h, source, created)| {
-                json!({
-                    "backup": h.backup, "source": source, "created": created, "disk": h.disk,
-                    "partition": h.partition, "path": h.path, "size": h.size,
-                    "mtime": schema::time::rfc3339(h.mtime * 1000),
-                })
+            .map(|(h, source, created)| SearchHit {
+                backup: h.backup,
+                source,
+                created,
+                disk: h.disk,
+                partition: h.partition,
+                path: h.path,
+                size: h.size,
+                mtime: schema::time::rfc3339(h.mtime * 1000),
             })
             .collect();
         let next = (skip + limit < total).then_some(skip + limit);
-        Ok(
-            json!({ "tenant": tenant, "results": results, "total": total, "next": next, "truncated": truncated }),
-        )
+        Ok(SearchResults {
+            tenant,
+            results,
+            total,
+            next,
+            truncated,
+        })
     }
 }
 
-fn entry_json(e: &FileEntry) -> Value {
-    json!({
-        "path": e.path, "name": e.name(), "kind": e.kind, "size": e.size,
-        "mode": format!("{:o}", e.mode), "uid": e.uid, "gid": e.gid,
-        "mtime": schema::time::rfc3339(e.mtime * 1000), "excluded": e.excluded,
-    })
+fn entry_json(e: &FileEntry) -> ListedFile {
+    ListedFile {
+        path: e.path.clone(),
+        name: e.name().to_owned(),
+        kind: e.kind,
+        size: e.size,
+        mode: format!("{:o}", e.mode),
+        uid: e.uid,
+        gid: e.gid,
+        mtime: schema::time::rfc3339(e.mtime * 1000),
+        excluded: e.excluded,
+    }
 }
 
 fn listing(
     m: &Manifest,
     r: &FileIndexRef,
     path: &str,
-    entries: Vec<Value>,
+    entries: Vec<ListedFile>,
     truncated: bool,
-) -> Value {
-    json!({
-        "backup": m.id, "disk": r.disk, "partition": r.partition, "path": path,
-        "entries": entries, "truncated": truncated,
-    })
+) -> FileListing {
+    FileListing {
+        backup: m.id.clone(),
+        disk: r.disk.clone(),
+        partition: r.partition,
+        path: path.to_owned(),
+        entries,
+        truncated,
+    }
 }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use schema::api::BackupList;
 use source_mover::backup::{backup, encode, BackupOptions, Base};
 use source_mover::client::RepoClient;
+use source_mover::files::{self, FileSystem};
 use source_mover::restore::{resolve, restore};
 
 /// The backup proxy: reads only the blocks of VM disks that matter and pushes what the
@@ -30,6 +31,9 @@ enum Cmd {
     Verify(VerifyArgs),
     /// List backups.
     List(ListArgs),
+    /// Guest files of backups: list a directory, fetch a file, search names across backups.
+    #[command(subcommand)]
+    Files(FilesCmd),
     /// Start a repository, back up a freshly built VM disk, change it, back up incrementally,
     /// restore and check both: the whole product in one command.
     Demo {
@@ -135,6 +139,88 @@ struct VerifyArgs {
     /// Concurrent chunk fetches.
     #[arg(long, default_value_t = 16)]
     streams: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum FilesCmd {
+    /// List a directory of a backed-up guest file system, like `ls -l`.
+    Ls {
+        #[command(flatten)]
+        at: FilesAt,
+        /// Directory (or file) inside the guest file system.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Levels to descend (1: the directory's own entries).
+        #[arg(long, default_value_t = 1)]
+        depth: u32,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one guest file of a backup to a file, or to standard output.
+    Get {
+        #[command(flatten)]
+        at: FilesAt,
+        /// The file inside the guest file system.
+        #[arg(long)]
+        path: String,
+        /// Output file [default: standard output].
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Find files by name across backups, newest backup first.
+    Search {
+        #[command(flatten)]
+        repo: Repo,
+        /// Glob on the file name: nginx.conf, *.conf, log?.txt.
+        #[arg(long)]
+        name: String,
+        /// Only under this directory.
+        #[arg(long)]
+        path: Option<String>,
+        /// Only backups of this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only backups created at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only backups created before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many results.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct FilesAt {
+    #[command(flatten)]
+    repo: Repo,
+    /// Backup id, or latest.
+    #[arg(long, default_value = "latest")]
+    backup: String,
+    /// Source name, to pick the latest of.
+    #[arg(long)]
+    source: Option<String>,
+    /// Disk [default: the first disk with an indexed file system].
+    #[arg(long)]
+    disk: Option<String>,
+    /// Partition number, 0 for a file system on the whole disk [default: the first indexed].
+    #[arg(long)]
+    partition: Option<u32>,
+}
+
+impl FilesAt {
+    fn fs(&self) -> FileSystem {
+        FileSystem {
+            disk: self.disk.clone(),
+            partition: self.partition,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -353,7 +439,122 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Cmd::Files(f) => files_cmd(f).await?,
         Cmd::Demo { dir } => source_mover::demo::demo(dir).await?,
+    }
+    Ok(())
+}
+
+async fn files_cmd(f: FilesCmd) -> anyhow::Result<()> {
+    match f {
+        FilesCmd::Ls {
+            at,
+            path,
+            depth,
+            json,
+        } => {
+            let c = client(&at.repo, None, 1)?;
+            let l =
+                files::list(&c, &at.backup, at.source.as_deref(), &path, depth, &at.fs()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&l)?);
+            } else {
+                eprintln!(
+                    "backup {}, disk {}, partition {}: {}",
+                    l.backup, l.disk, l.partition, l.path
+                );
+                print!("{}", files::format_listing(&l));
+            }
+        }
+        FilesCmd::Get { at, path, to } => {
+            let c = client(&at.repo, None, 1)?;
+            let n = match &to {
+                Some(p) => {
+                    // Written beside the target and renamed once complete: a failed fetch never
+                    // leaves a truncated file under the asked-for name.
+                    let tmp = p.with_extension("part");
+                    let mut out = std::fs::File::create(&tmp)
+                        .with_context(|| format!("cannot create {}", tmp.display()))?;
+                    let n = files::get(
+                        &c,
+                        &at.backup,
+                        at.source.as_deref(),
+                        &path,
+                        &at.fs(),
+                        &mut out,
+                    )
+                    .await;
+                    let n = match n {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&tmp);
+                            return Err(e.into());
+                        }
+                    };
+                    out.sync_all()?;
+                    std::fs::rename(&tmp, p).with_context(|| {
+                        format!("cannot rename {} to {}", tmp.display(), p.display())
+                    })?;
+                    n
+                }
+                None => {
+                    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+                    let n = files::get(
+                        &c,
+                        &at.backup,
+                        at.source.as_deref(),
+                        &path,
+                        &at.fs(),
+                        &mut out,
+                    )
+                    .await?;
+                    std::io::Write::flush(&mut out)?;
+                    n
+                }
+            };
+            eprintln!(
+                "{path}: {n} bytes{}",
+                to.map(|p| format!(" written to {}", p.display()))
+                    .unwrap_or_default()
+            );
+        }
+        FilesCmd::Search {
+            repo,
+            name,
+            path,
+            source,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            let c = client(&repo, None, 1)?;
+            let q = files::Search {
+                name,
+                path,
+                source,
+                since,
+                until,
+            };
+            let r = files::search(&c, &q, limit.max(1)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for h in &r.results {
+                    println!("{}", files::format_hit(h));
+                }
+                eprintln!(
+                    "{} of {} matches shown{}",
+                    r.results.len(),
+                    r.total,
+                    if r.truncated {
+                        " (the scan stopped at its limit; narrow the name)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! `debugfs -R 'ls -p'` of the source file system, every regular file streamed back through
 //! `files/content` matches `debugfs rdump` (many extents, sparse, empty, 1 KiB blocks), excluded
 //! files answer 409, a file changed between two days comes back in each day's form, and search
-//! finds files across backups and sources, newest first, within the caller's tenant.
+//! finds files across 30 backups of 3 sources, newest first, within the caller's tenant.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -209,7 +209,7 @@ async fn day_one_and_day_two_and_search_across_backups() {
             .unwrap();
         ids.push((r.backup_id, text));
         // Later days of other sources, from the same image (everything deduplicates).
-        for i in 0..if day == "day2" { 14 } else { 0 } {
+        for i in 0..if day == "day2" { 28 } else { 0 } {
             let src = ["vm-x", "vm-y"][i % 2];
             let r = backup(&mc, &opts(src, &img.path, &d.join(format!("s{i}"))))
                 .await
@@ -221,7 +221,7 @@ async fn day_one_and_day_two_and_search_across_backups() {
         let r = content(&c, b, "/etc/hostname").await;
         assert_eq!(r.body, text.as_bytes(), "backup {b}");
     }
-    // 16 backups of 3 sources; every one has /etc/hostname; newest first.
+    // 30 backups of 3 sources; every one has /etc/hostname; newest first.
     let s = c.get("/v1/search?name=hostname&limit=1000").await.json();
     let got: Vec<&str> = s["results"]
         .as_array()
@@ -250,8 +250,8 @@ async fn day_one_and_day_two_and_search_across_backups() {
     assert_eq!(s["results"].as_array().unwrap().len(), 5);
     assert_eq!(
         s["total"],
-        2 * 16,
-        "large.bin and many-extents.bin in 16 backups: {s}"
+        2 * 30,
+        "large.bin and many-extents.bin in 30 backups: {s}"
     );
     let page2 = c
         .get(&format!(
@@ -272,5 +272,92 @@ async fn day_one_and_day_two_and_search_across_backups() {
         let r = c.get(&format!("/v1/search?{q}")).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {:?}", r.body);
     }
+
+    // The same through `source-mover files ls|get|search`.
+    let token = dir.path().join("token");
+    std::fs::write(&token, BACKUP_A).unwrap();
+    let cli = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(tests::mover_binary());
+        cmd.arg("files")
+            .arg(args[0])
+            .args(["--repo", &srv.url(), "--token-file"])
+            .arg(&token)
+            .args(&args[1..]);
+        async move { cmd.output().await.unwrap() }
+    };
+    let out = cli(&["search", "--name", "hostname", "--limit", "1000", "--json"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<&str> = s["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["backup"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, want, "cli search: {s}");
+    let out = cli(&[
+        "search", "--name", "*.bin", "--path", "/srv", "--limit", "7",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 7, "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("7 of 60 matches"));
+    let day1 = ids[0].0.as_str();
+    let out = cli(&["ls", "--backup", day1, "--path", "/etc", "--json"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let l: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(l, list(&c, day1, "/etc").await, "cli ls = API listing");
+    let out = cli(&["ls", "--backup", day1, "--path", "/etc"]).await;
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("-rw-r--r--") && l.ends_with(" /etc/hostname")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("l") && l.ends_with(" /etc/link")),
+        "{text}"
+    );
+    let to = dir.path().join("hostname.day1");
+    let out = cli(&["get", "--backup", day1, "--path", "/etc/hostname", "--to"]).await;
+    assert!(!out.status.success(), "--to needs a value");
+    let out = cli(&[
+        "get",
+        "--backup",
+        day1,
+        "--path",
+        "/etc/hostname",
+        "--to",
+        to.to_str().unwrap(),
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(&to).unwrap(), b"day-one\n");
+    // The latest of vm-days is day two; to standard output; a file of forty extents.
+    let out = cli(&["get", "--source", "vm-days", "--path", "/etc/hostname"]).await;
+    assert_eq!(out.stdout, b"day-two, changed\n", "{out:?}");
+    let out = cli(&["get", "--backup", day1, "--path", "/srv/many-extents.bin"]).await;
+    let tree = dir.path().join("day1/tree/srv/many-extents.bin");
+    assert!(out.stdout == std::fs::read(&tree).unwrap(), "{out:?}");
+    // A missing file: the repository's 404 is named and nothing is left under the name.
+    let gone = dir.path().join("nope.out");
+    let out = cli(&[
+        "get",
+        "--backup",
+        day1,
+        "--path",
+        "/etc/nope",
+        "--to",
+        gone.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404 NOT_FOUND"),
+        "{out:?}"
+    );
+    assert!(!gone.exists() && !gone.with_extension("part").exists());
     srv.stop().await;
 }
