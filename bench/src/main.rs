@@ -18,6 +18,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod catalog;
+
 #[derive(Debug, Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -53,6 +55,25 @@ enum Cmd {
         /// Round-trip times to measure, in ms.
         #[arg(long, value_delimiter = ',', default_value = "1,20,100,300")]
         rtts: Vec<u64>,
+    },
+    /// The guest file catalog at scale: N backups of an ext4 image with M files, search latency
+    /// and catalog size.
+    Catalog {
+        /// Backups to make (spread over 10 sources).
+        #[arg(long, default_value_t = 100)]
+        backups: usize,
+        /// Files in the image's file system.
+        #[arg(long, default_value_t = 100_000)]
+        files: usize,
+        /// 10 backups × 3,000 files: for CI.
+        #[arg(long)]
+        quick: bool,
+        /// Scratch directory.
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Keep the scratch directory.
+        #[arg(long)]
+        keep: bool,
     },
     /// Run the WAN emulator in front of a repository until interrupted.
     WanProxy {
@@ -603,6 +624,19 @@ fn main() -> Result<()> {
             work,
         } => compare(&dataset, quick, runs, work),
         Cmd::Wan { mib, rate, rtts } => wan_goodput(mib, rate, &rtts),
+        Cmd::Catalog {
+            backups,
+            files,
+            quick,
+            work,
+            keep,
+        } => {
+            let (backups, files) = if quick { (10, 3000) } else { (backups, files) };
+            let work = work.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("bench-catalog-{}", std::process::id()))
+            });
+            catalog::run(backups, files, &work, keep)
+        }
         Cmd::WanProxy {
             listen,
             upstream,

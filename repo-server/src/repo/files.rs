@@ -421,17 +421,13 @@ impl Repository {
         let skip = q.after.unwrap_or(0);
         let mut sources: HashMap<String, Option<(String, String)>> = HashMap::new();
         let mut hits = Vec::new();
-        let mut scanned = 0usize;
-        let mut truncated = false;
-        self.catalog
-            .search_names(&tenant, files::literal_prefix(&glob), |h| {
-                scanned += 1;
-                if scanned > MAX_SCANNED {
-                    truncated = true;
-                    return Ok(false);
-                }
-                if !files::name_match(glob.as_bytes(), h.name.as_bytes())
-                    || since.is_some_and(|s| h.created_ms < s)
+        let truncated = self.catalog.search_names(
+            &tenant,
+            files::literal_prefix(&glob),
+            |name| files::name_match(glob.as_bytes(), name),
+            MAX_SCANNED,
+            |h| {
+                if since.is_some_and(|s| h.created_ms < s)
                     || until.is_some_and(|u| h.created_ms >= u)
                     || under.as_deref().is_some_and(|u| !h.path.starts_with(u))
                 {
@@ -456,7 +452,8 @@ impl Repository {
                 }
                 hits.push((h, source, created));
                 Ok(true)
-            })?;
+            },
+        )?;
         hits.sort_by(|a, b| {
             b.0.created_ms
                 .cmp(&a.0.created_ms)
