@@ -121,6 +121,7 @@ pub fn check(data: &Path, repair: bool) -> Result<Report> {
         catalog,
         chunks,
         indexes,
+        manifests: data.join("manifests"),
         quarantine: data.join("quarantine"),
         repair,
         r: Report::default(),
@@ -130,6 +131,7 @@ pub fn check(data: &Path, repair: bool) -> Result<Report> {
     c.chunk_rows()?;
     c.chunk_files()?;
     c.backups()?;
+    c.manifest_files()?;
     c.sessions()?;
     c.owners()?;
     Ok(c.r)
@@ -139,12 +141,57 @@ struct Checker {
     catalog: Catalog,
     chunks: BlobDir,
     indexes: BlobDir,
+    manifests: PathBuf,
     quarantine: PathBuf,
     repair: bool,
     r: Report,
 }
 
 impl Checker {
+    /// Stored manifests against catalog rows: a backup without its manifest file (one committed
+    /// before manifests were written, or whose manifest write was lost) is a leftover that
+    /// `--repair` writes from the catalog; a manifest without a backup (a crash between the
+    /// manifest and the commit's batch) is a leftover too: `rescan` would adopt it, `--repair`
+    /// removes it.
+    fn manifest_files(&mut self) -> Result<()> {
+        use crate::store::ManifestStore;
+        let Ok(dir) = crate::store::ManifestDir::open_existing(self.manifests.clone()) else {
+            return Ok(());
+        };
+        let stored: HashSet<String> = dir
+            .list_manifests()?
+            .iter()
+            .map(|b| b.to_string())
+            .collect();
+        let mut in_catalog = Vec::new();
+        self.catalog.for_each_backup(|m| {
+            in_catalog.push(m);
+            Ok(())
+        })?;
+        let known: HashSet<String> = in_catalog.iter().map(|m| m.id.to_string()).collect();
+        for m in &in_catalog {
+            if !stored.contains(m.id.as_str()) {
+                self.r.leftover("backups_without_manifest_file", 1);
+                if self.repair {
+                    let json = serde_json::to_vec(m)
+                        .map_err(|e| Error::internal("encoding a manifest", e))?;
+                    dir.put_manifest(&m.id, &json)?;
+                    self.r.repaired("manifest_files_written", 1);
+                }
+            }
+        }
+        for id in stored.difference(&known) {
+            self.r.leftover("manifest_files_without_backup", 1);
+            if self.repair {
+                if let Ok(b) = id.parse() {
+                    dir.delete_manifest(&b)?;
+                    self.r.repaired("manifest_files_removed", 1);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn temp_files(&mut self) -> Result<()> {
         let mut files = self.chunks.temp_files()?;
         files.extend(self.indexes.temp_files()?);

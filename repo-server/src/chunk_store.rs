@@ -131,8 +131,20 @@ impl BlobDir {
     /// # Errors
     /// I/O errors (a full disk among them); nothing is left behind on error.
     pub fn put(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<bool> {
+        self.write(id, bytes, false)
+    }
+
+    /// Writes `bytes` as the file of `id` durably, replacing it in one rename if it exists.
+    ///
+    /// # Errors
+    /// I/O errors; the old file or the new one is in place, never a mix.
+    pub fn replace(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<()> {
+        self.write(id, bytes, true).map(|_| ())
+    }
+
+    fn write(&self, id: &ChunkId, bytes: &[u8], replace: bool) -> io::Result<bool> {
         let dest = self.path(id);
-        if dest.is_file() {
+        if !replace && dest.is_file() {
             return Ok(false);
         }
         let dir = dest.parent().unwrap_or(&self.root).to_owned();
@@ -208,6 +220,66 @@ impl BlobDir {
             }
         }
         Ok(out)
+    }
+}
+
+impl crate::store::BlobStore for BlobDir {
+    fn put(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<bool> {
+        BlobDir::put(self, id, bytes)
+    }
+
+    fn replace(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<()> {
+        BlobDir::replace(self, id, bytes)
+    }
+
+    fn get(&self, id: &ChunkId) -> io::Result<Vec<u8>> {
+        BlobDir::get(self, id)
+    }
+
+    fn stream(
+        &self,
+        id: &ChunkId,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        use std::io::Read;
+        let mut f = File::open(self.path(id))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            sink(&buf[..n])?;
+        }
+    }
+
+    fn len(&self, id: &ChunkId) -> io::Result<Option<u64>> {
+        match BlobDir::len(self, id) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn delete(&self, id: &ChunkId) -> io::Result<()> {
+        BlobDir::delete(self, id)
+    }
+
+    fn list(&self) -> io::Result<Vec<ChunkId>> {
+        BlobDir::list(self)
+    }
+
+    fn quarantine(&self, id: &ChunkId) -> io::Result<()> {
+        let q = self.root.parent().unwrap_or(&self.root).join("quarantine");
+        fs::create_dir_all(&q)?;
+        match fs::rename(self.path(id), q.join(id.hex())) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
     }
 }
 

@@ -189,6 +189,37 @@ pub struct Config {
     pub tenants: std::collections::BTreeMap<String, TenantConfig>,
     /// Retention policies and the immutability window.
     pub retention: RetentionConfig,
+    /// The SMB share that holds the data (the `gateway` only; `repo-server` refuses it).
+    pub share: Option<ShareConfig>,
+}
+
+/// `[share]`: where the gateway keeps a repository's data (chunks, indexes, manifests).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareConfig {
+    /// File server, `host` or `host:port` (port 445 by default).
+    pub server: String,
+    /// Share name.
+    pub share: String,
+    /// Directory inside the share that holds the repository (created; empty: the share's root).
+    #[serde(default)]
+    pub path: String,
+    /// User name.
+    pub user: String,
+    /// Password; or give `credentials_file`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// File whose first line is the password (kept out of the config file).
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// SMB sessions to the server, used concurrently (one request at a time each). SMB3
+    /// signing is always used.
+    #[serde(default = "default_share_connections")]
+    pub connections: usize,
+}
+
+fn default_share_connections() -> usize {
+    4
 }
 
 impl Default for Config {
@@ -204,6 +235,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             tenants: std::collections::BTreeMap::new(),
             retention: RetentionConfig::default(),
+            share: None,
         }
     }
 }
@@ -233,6 +265,14 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The file at `path` (read and validated), or the defaults without one.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and what is wrong.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        path.map_or_else(|| Ok(Config::default()), Config::from_file)
+    }
+
     /// Reads and validates a TOML file.
     ///
     /// # Errors

@@ -76,11 +76,28 @@ impl Error {
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Error {
+        Error::storage("doing I/O", e)
+    }
+}
+
+impl Error {
+    /// An I/O error of the data store while `context`: 507 when it is full, 503 when it cannot
+    /// be reached (a share whose server is down: clients retry), else internal.
+    pub fn storage(context: &str, e: std::io::Error) -> Error {
         if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC) {
             tracing::error!(error = %e, "storage full");
             return Error::new(ErrorCode::StorageFull, "the repository's storage is full");
         }
-        Error::internal("doing I/O", e)
+        if crate::store::is_unreachable(&e) {
+            tracing::warn!(error = %e, context, "storage unreachable");
+            return Error::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the repository's storage cannot be reached while {context} ({e}); retry later"
+                ),
+            );
+        }
+        Error::internal(context, e)
     }
 }
 

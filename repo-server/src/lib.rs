@@ -4,7 +4,9 @@
 //! - [`config`]: the TOML configuration (one struct, defaults for everything).
 //! - [`error`]: the one error policy; [`error::Error`] maps to status and JSON body.
 //! - [`auth`]: bearer tokens → tenant and role; the generated admin token.
-//! - [`chunk_store`]: durable content-addressed files (chunks, index blobs).
+//! - [`store`]: where the data lives — the `BlobStore` and `ManifestStore` traits and their
+//!   contract (the gateway implements them on an SMB share).
+//! - [`chunk_store`]: durable content-addressed files (chunks, index blobs): the local store.
 //! - [`catalog`]: the RocksDB catalog: column families, keys, write batches.
 //! - [`check`]: the offline consistency check and repair (`repo-server check`).
 //! - [`repo`]: the repository's operations (sessions, ingest, commit, reads, jobs), blocking.
@@ -28,6 +30,7 @@ pub mod metrics;
 pub mod rate;
 pub mod repo;
 pub mod server;
+pub mod store;
 
 pub use config::Config;
 pub use server::{run, App};

@@ -60,7 +60,19 @@ impl App {
     ///
     /// # Errors
     /// [`StartError`] naming what could not be opened.
-    pub fn open(mut config: Config) -> Result<App, StartError> {
+    pub fn open(config: Config) -> Result<App, StartError> {
+        App::open_with(config, None)
+    }
+
+    /// [`App::open`] with the data in `stores` (the catalog stays under `config.data`); `None`
+    /// keeps everything in `config.data`.
+    ///
+    /// # Errors
+    /// [`StartError`] naming what could not be opened.
+    pub fn open_with(
+        mut config: Config,
+        stores: Option<crate::repo::Stores>,
+    ) -> Result<App, StartError> {
         let repo_err = |message: String| StartError::Repository {
             path: config.data.clone(),
             message,
@@ -84,8 +96,19 @@ impl App {
             admin_token_file = Some(path);
         }
         let metrics = Arc::new(Metrics::default());
-        let repo = Repository::open(config.data.clone(), Settings::from(&config), metrics)
-            .map_err(|e| repo_err(e.to_string()))?;
+        let stores = match stores {
+            Some(s) => s,
+            None => {
+                crate::repo::Stores::local(&config.data).map_err(|e| repo_err(e.to_string()))?
+            }
+        };
+        let repo = Repository::open_with(
+            config.data.clone(),
+            Settings::from(&config),
+            metrics,
+            stores,
+        )
+        .map_err(|e| repo_err(e.to_string()))?;
         let repo = Arc::new(repo);
         let tokens = Arc::new(Tokens::new(&config.tokens));
         let state = AppState::new(repo.clone(), tokens, &config);
@@ -277,4 +300,30 @@ fn spawn_pruner(repo: Arc<Repository>, every: std::time::Duration) -> tokio::tas
             }
         }
     })
+}
+
+/// Resolves on SIGINT or SIGTERM (the binaries' graceful shutdown).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received");
+}
+
+/// Logs to stderr, filtered by `REPO_LOG` (default `info`), coloured on a terminal.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REPO_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }

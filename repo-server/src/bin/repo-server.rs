@@ -1,5 +1,6 @@
 //! `repo-server [--config FILE] [--listen ADDR] [--data DIR]`: parse, open, serve.
 //! `repo-server check --data DIR [--repair]`: the offline consistency check.
+//! `repo-server rescan --data DIR`: rebuild catalog rows from the stored manifests.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,18 +41,19 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// With the server stopped: add to the catalog every backup whose manifest is in
+    /// DATA/manifests but not in the catalog (each chunk is read back and checked). Prints a JSON
+    /// report; exits 0, or 1 when a backup had to be left out.
+    Rescan {
+        /// Data directory of the repository.
+        #[arg(long)]
+        data: PathBuf,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REPO_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    repo_server::server::init_logging();
     let args = Args::parse();
     if let Some(Command::Check { data, repair }) = &args.command {
         std::process::exit(match repo_server::check::check(data, *repair) {
@@ -69,15 +71,37 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    let mut config = match &args.config {
-        Some(p) => Config::from_file(p)?,
-        None => Config::default(),
-    };
+    if let Some(Command::Rescan { data }) = &args.command {
+        let config = Config {
+            data: data.clone(),
+            ..Config::default()
+        };
+        let repo = repo_server::repo::Repository::open(
+            data.clone(),
+            repo_server::repo::Settings::from(&config),
+            Default::default(),
+        )
+        .with_context(|| {
+            format!(
+                "cannot open the repository in {} (is the server running?)",
+                data.display()
+            )
+        })?;
+        let report = repo.rescan(&mut |r| {
+            eprintln!("rescan: {} of {} manifests adopted", r.adopted, r.manifests);
+        })?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        std::process::exit(i32::from(!report.skipped.is_empty()));
+    }
+    let mut config = Config::load(args.config.as_deref())?;
     if let Some(l) = args.listen {
         config.listen = l;
     }
     if let Some(d) = args.data {
         config.data = d;
+    }
+    if config.share.is_some() {
+        anyhow::bail!("the config has a [share] section: a repository on an SMB share is served by the gateway (`gateway --config ...`), not by repo-server");
     }
     let listen = config.listen;
     let app = App::open(config)?;
@@ -86,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     // Tell a parent process (tests, the demo) the real port when listening on :0.
     println!("listening on {}", listener.local_addr()?);
-    repo_server::run(listener, app, shutdown_signal()).await?;
+    repo_server::run(listener, app, repo_server::server::shutdown_signal()).await?;
     Ok(())
 }
 
@@ -98,17 +122,4 @@ fn report_fixed(r: &repo_server::check::Report) -> bool {
             "dangling_references" | "index_blobs_bad" | "undecodable_chunk_rows"
         )
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("signal received");
 }

@@ -60,7 +60,7 @@ pub(super) async fn capabilities(State(st): State<AppState>) -> Response {
         max_chunk_bytes: st.limits.max_chunk_bytes,
         max_find_missing: st.limits.max_find_missing,
         session_idle_ttl_s: st.limits.session_idle_ttl.as_secs(),
-        store: "local".into(),
+        store: st.repo.chunks.kind().into(),
     };
     json_body(&caps, StatusCode::OK)
 }

@@ -169,6 +169,14 @@ impl Repository {
         done.state = SessionState::Committed;
         done.backup_id = Some(backup_id.clone());
         done.last_active_ms = now;
+        // The manifest beside the data before the catalog names the backup: a catalog rebuilt
+        // from the store (`rescan`) finds every acknowledged backup. A crash in between leaves a
+        // manifest of a complete backup that was never acknowledged; rescan takes it in.
+        let json = serde_json::to_vec(&manifest)
+            .map_err(|e| Error::internal("encoding the manifest", e))?;
+        self.manifests
+            .put_manifest(&manifest.id, &json)
+            .map_err(|e| Error::storage("writing the manifest", e))?;
         let mut b = self.catalog.batch();
         b.put_backup(&manifest, now)?;
         Self::put_file_indexes(&mut b, &manifest, now, &file_indexes)?;

@@ -121,6 +121,17 @@ impl Repository {
                     format!("{what}: its chunks must be uploaded (or found present) in this session first"),
                 ));
             }
+            out.push(self.load_file_index(r, &what)?);
+        }
+        Ok(out)
+    }
+
+    /// Reads and parses the file index `r` names from its stored chunks.
+    ///
+    /// # Errors
+    /// 422 `LENGTH_MISMATCH` / `INVALID_BODY` / `UNKNOWN_CHUNK`, 409 `COUNT_MISMATCH`.
+    pub(crate) fn load_file_index(&self, r: &FileIndexRef, what: &str) -> Result<ParsedIndex> {
+        {
             let metas = self.catalog.chunks(&r.chunks)?;
             let total: u64 = metas.iter().flatten().map(|m| m.raw_len).sum();
             if total != r.bytes {
@@ -172,13 +183,12 @@ impl Repository {
                     ),
                 ));
             }
-            out.push(ParsedIndex {
+            Ok(ParsedIndex {
                 disk: r.disk.clone(),
                 partition: r.partition,
                 entries,
-            });
+            })
         }
-        Ok(out)
     }
 
     /// Adds the rows of parsed file indexes to the commit batch.

@@ -133,8 +133,7 @@ impl Repository {
                 // New, or a fresh copy healing a chunk verify marked bad: replace the file. A file
                 // with no sound row is a leftover (GC unlinks after deleting the row; a crash can
                 // fall in between) and may hold another frame of the same bytes, so it goes too.
-                self.chunks.delete(id)?;
-                self.chunks.put(id, &frame)?;
+                self.chunks.replace(id, &frame)?;
                 let stored = frame.len() as u64;
                 b.put_chunk(
                     id,

@@ -463,8 +463,6 @@ impl Repository {
         }
         let mut bad: HashSet<ChunkId> = corrupt.iter().chain(&missing).copied().collect();
         if !bad.is_empty() {
-            let q = self.data.join("quarantine");
-            std::fs::create_dir_all(&q)?;
             // Under the chunk's stripe lock (the one uploads write under), check again: an upload
             // may have healed it since, and a sound copy must not be quarantined.
             let mut healed = HashSet::new();
@@ -472,7 +470,7 @@ impl Repository {
                 let _stripe = self.stripe(c);
                 match self.catalog.chunk(c)? {
                     Some(m) if self.chunk_health(c, &m)? != Health::Sound => {
-                        let _ = std::fs::rename(self.chunks.path(c), q.join(c.hex()));
+                        self.chunks.quarantine(c)?;
                         let mut b = self.catalog.batch();
                         b.put_chunk(
                             c,

@@ -24,6 +24,7 @@ pub mod files;
 pub mod ingest;
 pub mod jobs;
 pub mod read;
+pub mod rescan;
 pub mod retention;
 pub mod session;
 
@@ -41,6 +42,7 @@ use crate::chunk_store::BlobDir;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::store::{BlobStore, ManifestDir, ManifestStore};
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> i64 {
@@ -97,10 +99,12 @@ pub struct Repository {
     pub settings: Settings,
     /// The catalog.
     pub catalog: Catalog,
-    /// Chunk files.
-    pub chunks: BlobDir,
+    /// Chunk frames.
+    pub chunks: Arc<dyn BlobStore>,
     /// Index blobs of committed disks.
-    pub indexes: BlobDir,
+    pub indexes: Arc<dyn BlobStore>,
+    /// Manifests of committed backups (what `rescan` rebuilds a catalog from).
+    pub manifests: Arc<dyn ManifestStore>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Data directory.
@@ -122,16 +126,59 @@ pub struct Repository {
     clock: AtomicI64,
 }
 
+/// Where a repository keeps its data: chunk frames, index blobs, manifests.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// Chunk frames.
+    pub chunks: Arc<dyn BlobStore>,
+    /// Index blobs.
+    pub indexes: Arc<dyn BlobStore>,
+    /// Manifests.
+    pub manifests: Arc<dyn ManifestStore>,
+}
+
+impl Stores {
+    /// The local layout under `data`: `chunks/ab/cd/<hex>`, `indexes/ab/<hex>`,
+    /// `manifests/<id>.json`, temp files in `tmp/`.
+    ///
+    /// # Errors
+    /// I/O errors creating the directories.
+    pub fn local(data: &std::path::Path) -> Result<Stores> {
+        let tmp = data.join("tmp");
+        Ok(Stores {
+            chunks: Arc::new(BlobDir::open(data.join("chunks"), tmp.clone(), 2)?),
+            indexes: Arc::new(BlobDir::open(data.join("indexes"), tmp.clone(), 1)?),
+            manifests: Arc::new(ManifestDir::open(data.join("manifests"), tmp)?),
+        })
+    }
+}
+
 impl Repository {
     /// Opens the repository under `data` (creating it).
     ///
     /// # Errors
     /// I/O or RocksDB errors.
     pub fn open(data: PathBuf, settings: Settings, metrics: Arc<Metrics>) -> Result<Repository> {
+        let stores = Stores::local(&data)?;
+        Repository::open_with(data, settings, metrics, stores)
+    }
+
+    /// Opens the repository with its catalog under `data` and its data in `stores`.
+    ///
+    /// # Errors
+    /// I/O or RocksDB errors.
+    pub fn open_with(
+        data: PathBuf,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        stores: Stores,
+    ) -> Result<Repository> {
         std::fs::create_dir_all(&data)?;
-        let tmp = data.join("tmp");
-        let chunks = BlobDir::open(data.join("chunks"), tmp.clone(), 2)?;
-        let indexes = BlobDir::open(data.join("indexes"), tmp, 1)?;
+        let Stores {
+            chunks,
+            indexes,
+            manifests,
+        } = stores;
         let catalog = Catalog::open(&data.join("catalog"))?;
         let open = catalog
             .sessions()?
@@ -144,6 +191,7 @@ impl Repository {
             catalog,
             chunks,
             indexes,
+            manifests,
             metrics,
             data,
             gc: RwLock::new(()),
@@ -240,7 +288,7 @@ impl Repository {
         let frame = self
             .chunks
             .get(id)
-            .map_err(|e| Error::internal(&format!("reading chunk {id}"), e))?;
+            .map_err(|e| Error::storage(&format!("reading chunk {id}"), e))?;
         let data = zstd::bulk::decompress(&frame, raw_len as usize)
             .map_err(|e| Error::internal(&format!("decompressing chunk {id}"), e))?;
         if data.len() as u64 != raw_len {

@@ -126,7 +126,7 @@ impl Repository {
         d: &ManifestDisk,
         f: impl FnMut(ChunkId) -> Result<()>,
     ) -> Result<()> {
-        index_ids(&self.indexes, m, d, f)
+        index_ids(self.indexes.as_ref(), m, d, f)
     }
 }
 
@@ -136,46 +136,57 @@ impl Repository {
 /// # Errors
 /// As there.
 pub(crate) fn index_ids(
-    indexes: &crate::chunk_store::BlobDir,
+    indexes: &dyn crate::store::BlobStore,
     m: &Manifest,
     d: &ManifestDisk,
     mut f: impl FnMut(ChunkId) -> Result<()>,
 ) -> Result<()> {
-    {
-        use std::io::Read;
-        let context = || format!("reading the index of backup {} disk {}", m.id, d.name);
-        let raw = schema::id::from_hex::<32>(&d.index_blake3)
-            .ok_or_else(|| Error::internal(&context(), "bad index hash in the manifest"))?;
-        let mut file = std::fs::File::open(indexes.path(&ChunkId(raw)))
-            .map_err(|e| Error::internal(&context(), e))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let (mut have, mut total) = (0usize, 0u64);
-        loop {
-            let n = file
-                .read(&mut buf[have..])
-                .map_err(|e| Error::internal(&context(), e))?;
-            if n == 0 && have == 0 {
-                break;
+    let context = || format!("reading the index of backup {} disk {}", m.id, d.name);
+    let raw = schema::id::from_hex::<32>(&d.index_blake3)
+        .ok_or_else(|| Error::internal(&context(), "bad index hash in the manifest"))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut carry: Vec<u8> = Vec::with_capacity(32);
+    let mut total = 0u64;
+    let mut failed: Option<Error> = None;
+    let streamed = indexes.stream(&ChunkId(raw), &mut |piece: &[u8]| {
+        hasher.update(piece);
+        total += piece.len() as u64;
+        let mut rest = piece;
+        if !carry.is_empty() {
+            let take = (32 - carry.len()).min(rest.len());
+            carry.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if carry.len() < 32 {
+                return Ok(());
             }
-            if n == 0 {
-                return Err(Error::internal(&context(), "index blob has a ragged end"));
+            let id = ChunkId::from_slice(&carry).unwrap_or(ChunkId::HOLE);
+            carry.clear();
+            if let Err(e) = f(id) {
+                failed = Some(e);
+                return Err(std::io::Error::other("stopped"));
             }
-            hasher.update(&buf[have..have + n]);
-            total += n as u64;
-            have += n;
-            let whole = have - have % 32;
-            for id in buf[..whole].chunks_exact(32) {
-                f(ChunkId::from_slice(id).unwrap_or(ChunkId::HOLE))?;
-            }
-            buf.copy_within(whole..have, 0);
-            have -= whole;
         }
-        if total != d.blocks * 32 || hasher.finalize().as_bytes() != &raw {
-            return Err(Error::internal(&context(), "index blob is corrupt"));
+        let whole = rest.len() - rest.len() % 32;
+        for id in rest[..whole].chunks_exact(32) {
+            if let Err(e) = f(ChunkId::from_slice(id).unwrap_or(ChunkId::HOLE)) {
+                failed = Some(e);
+                return Err(std::io::Error::other("stopped"));
+            }
         }
+        carry.extend_from_slice(&rest[whole..]);
         Ok(())
+    });
+    if let Some(e) = failed {
+        return Err(e);
     }
+    streamed.map_err(|e| Error::storage(&context(), e))?;
+    if !carry.is_empty() {
+        return Err(Error::internal(&context(), "index blob has a ragged end"));
+    }
+    if total != d.blocks * 32 || hasher.finalize().as_bytes() != &raw {
+        return Err(Error::internal(&context(), "index blob is corrupt"));
+    }
+    Ok(())
 }
 
 impl Repository {
@@ -374,6 +385,6 @@ impl Repository {
         self.chunk_meta(caller, id)?;
         self.chunks
             .get(id)
-            .map_err(|e| Error::internal(&format!("reading chunk {id}"), e))
+            .map_err(|e| Error::storage(&format!("reading chunk {id}"), e))
     }
 }

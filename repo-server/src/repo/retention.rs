@@ -21,6 +21,11 @@ impl Repository {
     pub(crate) fn delete_checked(&self, m: &Manifest) -> Result<()> {
         self.deletable(m)?;
         let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
+        // The stored manifest goes first: a crash after it leaves the backup in the catalog (a
+        // repeated delete finishes), never a manifest that would bring a deleted backup back.
+        self.manifests
+            .delete_manifest(&m.id)
+            .map_err(|e| Error::storage("removing the manifest", e))?;
         let mut b = self.catalog.batch();
         b.delete_backup(m, created);
         self.delete_file_indexes(&mut b, m, created)?;

@@ -164,3 +164,46 @@ fn check_refuses_what_is_not_a_repository() {
     );
     assert!(!dir.path().join("catalog").exists(), "nothing was created");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescan_rebuilds_a_lost_catalog_from_the_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let bs = 256usize << 10;
+    let disk = test_data(6 * bs, 81);
+    let other = test_data(2 * bs, 82);
+    let srv = ChildServer::start(&data);
+    let c = Client::h2(&srv.url(), Some(BACKUP_A));
+    let b1 = backup_disk(&c, "vm-r", None, &[d(&disk)]).await;
+    let b2 = backup_disk(&c, "vm-s", None, &[d(&other)]).await;
+    let before = c.get("/v1/backups").await.json();
+    assert_eq!(srv.terminate(Duration::from_secs(20)), Some(0));
+    // The catalog is lost; chunks, indexes and manifests remain.
+    std::fs::remove_dir_all(data.join("catalog")).unwrap();
+    let out = std::process::Command::new(tests::server::server_binary())
+        .args(["rescan", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["manifests"].clone(), report["adopted"].clone()),
+        (json!(2), json!(2)),
+        "{report}"
+    );
+    let srv = ChildServer::start(&data);
+    let c = Client::h2(&srv.url(), Some(BACKUP_A));
+    assert_eq!(
+        c.get("/v1/backups").await.json()["backups"],
+        before["backups"]
+    );
+    for (b, want) in [(&b1, &disk), (&b2, &other)] {
+        let img = c.get(&format!("/v1/backups/{b}/disks/d/image")).await;
+        assert!(img.body[..] == want[..], "backup {b} restores after rescan");
+    }
+    assert_verify_clean(&Client::h2(&srv.url(), Some(ADMIN))).await;
+    assert_eq!(srv.terminate(Duration::from_secs(20)), Some(0));
+    let (code, report) = offline_check(&data, false);
+    assert_eq!(code, Some(0), "the rebuilt catalog is consistent: {report}");
+}
