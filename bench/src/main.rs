@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod catalog;
+mod share;
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -74,6 +75,15 @@ enum Cmd {
         /// Keep the scratch directory.
         #[arg(long)]
         keep: bool,
+    },
+    /// Chunk ingest into a real Samba share on loopback through the gateway's SMB store.
+    Share {
+        /// 1 MiB chunks per configuration.
+        #[arg(long, default_value_t = 512)]
+        chunks: usize,
+        /// 64 chunks: for CI.
+        #[arg(long)]
+        quick: bool,
     },
     /// Run the WAN emulator in front of a repository until interrupted.
     WanProxy {
@@ -624,6 +634,7 @@ fn main() -> Result<()> {
             work,
         } => compare(&dataset, quick, runs, work),
         Cmd::Wan { mib, rate, rtts } => wan_goodput(mib, rate, &rtts),
+        Cmd::Share { chunks, quick } => share::run(if quick { 64 } else { chunks }),
         Cmd::Catalog {
             backups,
             files,

@@ -18,5 +18,6 @@ pub mod server;
 pub use backup::{backup_disk, DiskUpload};
 pub use client::{Client, Resp};
 pub use server::{
-    mover_binary, snapshot, ChildServer, TestServer, ADMIN, BACKUP_A, BACKUP_B, READER_A,
+    gateway_binary, mover_binary, smb_store, snapshot, ChildServer, TestServer, ADMIN, BACKUP_A,
+    BACKUP_B, READER_A,
 };

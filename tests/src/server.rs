@@ -42,9 +42,18 @@ pub struct TestServer {
     pub data: PathBuf,
     /// The repository being served (to set its clock in tests).
     pub repo: std::sync::Arc<repo_server::repo::Repository>,
+    /// The Samba server holding the data when `TEST_STORE=smb`.
+    pub samba: Option<gateway::samba::Samba>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// Whether the tests run against the gateway's store: `TEST_STORE=smb` puts every
+/// [`TestServer`]'s data on a real Samba share (the catalog stays local), so the protocol suite
+/// runs unchanged against the gateway.
+pub fn smb_store() -> bool {
+    std::env::var("TEST_STORE").is_ok_and(|v| v == "smb")
 }
 
 impl TestServer {
@@ -71,7 +80,20 @@ impl TestServer {
         tweak(&mut cfg);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = App::open(cfg).unwrap();
+        let (app, samba) = if smb_store() {
+            let dir = data.join("samba");
+            let (samba, share) = tokio::task::spawn_blocking(move || {
+                let samba = gateway::samba::Samba::start(&dir).unwrap();
+                let share = gateway::share::Share::open(&samba.share_config("repo")).unwrap();
+                (samba, std::sync::Arc::new(share))
+            })
+            .await
+            .unwrap();
+            let stores = gateway::stores(&share);
+            (App::open_with(cfg, Some(stores)).unwrap(), Some(samba))
+        } else {
+            (App::open(cfg).unwrap(), None)
+        };
         let repo = app.repo.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(repo_server::run(listener, app, async {
@@ -81,6 +103,7 @@ impl TestServer {
             addr,
             data,
             repo,
+            samba,
             stop: Some(tx),
             task: Some(task),
             _dir: None,
@@ -90,6 +113,15 @@ impl TestServer {
     /// Base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Where the chunk files, index blobs and manifests are on this machine: the data
+    /// directory, or the repository directory of the Samba share with `TEST_STORE=smb`.
+    pub fn store_dir(&self) -> PathBuf {
+        match &self.samba {
+            Some(s) => s.share_dir().join("repo"),
+            None => self.data.clone(),
+        }
     }
 
     /// Stops the server gracefully and waits for it.
@@ -114,6 +146,11 @@ pub fn server_binary() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Path of the built `gateway` binary.
+pub fn gateway_binary() -> PathBuf {
+    server_binary().with_file_name("gateway")
 }
 
 /// Path of the built `source-mover` binary.
@@ -143,6 +180,17 @@ impl ChildServer {
     /// Starts the binary on `data`, listening on `listen`, with `extra` appended to its TOML
     /// configuration and `env` in its environment (e.g. `REPO_FAILPOINT`).
     pub fn start_with(data: &Path, listen: &str, extra: &str, env: &[(&str, &str)]) -> ChildServer {
+        Self::start_bin(&server_binary(), data, listen, extra, env)
+    }
+
+    /// [`ChildServer::start_with`] for another binary of the same command line (the gateway).
+    pub fn start_bin(
+        bin: &Path,
+        data: &Path,
+        listen: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> ChildServer {
         std::fs::create_dir_all(data).unwrap();
         let cfg_path = data.with_extension("toml");
         let mut text = format!("listen = \"{listen}\"\ndata = \"{}\"\n", data.display());
@@ -159,7 +207,7 @@ impl ChildServer {
         }
         text.push_str(extra);
         std::fs::write(&cfg_path, text).unwrap();
-        let mut child = Command::new(server_binary())
+        let mut child = Command::new(bin)
             .arg("--config")
             .arg(&cfg_path)
             .envs(env.iter().copied())
@@ -231,7 +279,8 @@ impl Drop for ChildServer {
     }
 }
 
-/// Every file under `dir` with the blake3 of its content, except RocksDB's own info logs.
+/// Every file under `dir` with the blake3 of its content, except RocksDB's own info logs and
+/// a test Samba server's directory (its state and logs change by themselves).
 pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -240,7 +289,9 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
             let e = e.unwrap();
             let p = e.path();
             if e.file_type().unwrap().is_dir() {
-                stack.push(p);
+                if e.file_name() != "samba" {
+                    stack.push(p);
+                }
             } else {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with("LOG") {

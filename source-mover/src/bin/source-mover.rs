@@ -468,48 +468,39 @@ async fn files_cmd(f: FilesCmd) -> anyhow::Result<()> {
         }
         FilesCmd::Get { at, path, to } => {
             let c = client(&at.repo, None, 1)?;
-            let n = match &to {
-                Some(p) => {
-                    // Written beside the target and renamed once complete: a failed fetch never
-                    // leaves a truncated file under the asked-for name.
-                    let tmp = p.with_extension("part");
-                    let mut out = std::fs::File::create(&tmp)
-                        .with_context(|| format!("cannot create {}", tmp.display()))?;
-                    let n = files::get(
-                        &c,
-                        &at.backup,
-                        at.source.as_deref(),
-                        &path,
-                        &at.fs(),
-                        &mut out,
-                    )
-                    .await;
-                    let n = match n {
-                        Ok(n) => n,
-                        Err(e) => {
-                            let _ = std::fs::remove_file(&tmp);
-                            return Err(e.into());
-                        }
-                    };
-                    out.sync_all()?;
-                    std::fs::rename(&tmp, p).with_context(|| {
-                        format!("cannot rename {} to {}", tmp.display(), p.display())
+            // A file is written beside its name and renamed once complete: a failed fetch never
+            // leaves a truncated file under the asked-for name.
+            let part = to.as_ref().map(|p| p.with_extension("part"));
+            let mut file = match &part {
+                Some(t) => Some(
+                    std::fs::File::create(t)
+                        .with_context(|| format!("cannot create {}", t.display()))?,
+                ),
+                None => None,
+            };
+            let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+            let out: &mut (dyn std::io::Write + Send) = match &mut file {
+                Some(f) => f,
+                None => &mut stdout,
+            };
+            let got = files::get(&c, &at.backup, at.source.as_deref(), &path, &at.fs(), out).await;
+            let n = match (got, file, &to, &part) {
+                (Ok(n), Some(f), Some(p), Some(t)) => {
+                    f.sync_all()?;
+                    std::fs::rename(t, p).with_context(|| {
+                        format!("cannot rename {} to {}", t.display(), p.display())
                     })?;
                     n
                 }
-                None => {
-                    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-                    let n = files::get(
-                        &c,
-                        &at.backup,
-                        at.source.as_deref(),
-                        &path,
-                        &at.fs(),
-                        &mut out,
-                    )
-                    .await?;
-                    std::io::Write::flush(&mut out)?;
+                (Ok(n), _, _, _) => {
+                    std::io::Write::flush(&mut stdout)?;
                     n
+                }
+                (Err(e), _, _, part) => {
+                    if let Some(t) = part {
+                        let _ = std::fs::remove_file(t);
+                    }
+                    return Err(e.into());
                 }
             };
             eprintln!(

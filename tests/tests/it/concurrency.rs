@@ -55,7 +55,7 @@ async fn eight_overlapping_sessions_store_each_chunk_once() {
         ids.push(t.await.unwrap());
     }
     let mut files = 0;
-    let mut stack = vec![srv.data.join("chunks")];
+    let mut stack = vec![srv.store_dir().join("chunks")];
     while let Some(dir) = stack.pop() {
         for e in std::fs::read_dir(dir).unwrap() {
             let e = e.unwrap();

@@ -100,7 +100,7 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
         "",
         "setup upload (already stored by the backup)",
     );
-    let before = snapshot(&srv.data);
+    let before = (snapshot(&srv.data), snapshot(&srv.store_dir()));
 
     // Digests and chunk bodies.
     expect(
@@ -698,7 +698,7 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Nothing of the above changed the data directory, and the session is intact.
-    let after = snapshot(&srv.data);
+    let after = (snapshot(&srv.data), snapshot(&srv.store_dir()));
     assert_eq!(before, after, "data dir changed");
     let st = c.get(&format!("/v1/sessions/{s}")).await.json();
     assert_eq!(
@@ -732,7 +732,7 @@ async fn commit_refuses_missing_chunks_and_heals_after_reupload() {
     // Damage the stored chunk and let verify find it.
     let hex = id.hex();
     let file = srv
-        .data
+        .store_dir()
         .join(format!("chunks/{}/{}/{hex}", &hex[..2], &hex[2..4]));
     let mut bytes = std::fs::read(&file).unwrap();
     let mid = bytes.len() / 2;

@@ -117,7 +117,7 @@ async fn verify_finds_damage_names_backups_and_a_new_backup_heals() {
     let ids: Vec<schema::ChunkId> = disk.chunks(bs).map(schema::ChunkId::of).collect();
     let path = |id: &schema::ChunkId| {
         let h = id.hex();
-        srv.data
+        srv.store_dir()
             .join(format!("chunks/{}/{}/{h}", &h[..2], &h[2..4]))
     };
     for id in &ids[..2] {

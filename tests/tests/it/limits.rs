@@ -106,7 +106,9 @@ async fn full_disk_answers_507_and_keeps_what_was_committed() {
     );
     // No temp file is left behind, and what was committed still reads back.
     assert_eq!(
-        std::fs::read_dir(data.join("tmp")).unwrap().count(),
+        std::fs::read_dir(srv.store_dir().join("tmp"))
+            .unwrap()
+            .count(),
         0,
         "temp files left after ENOSPC"
     );

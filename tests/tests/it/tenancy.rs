@@ -34,7 +34,7 @@ async fn find_missing_is_no_oracle_across_tenants() {
         block_size: bs as u32,
     };
     let id_a = backup_disk(&a, "shared-vm", None, &[d]).await;
-    let files = count_files(&srv.data.join("chunks"));
+    let files = count_files(&srv.store_dir().join("chunks"));
     assert!(files >= 3);
 
     // globex asks about acme's chunks: all reported missing.
@@ -95,7 +95,7 @@ async fn find_missing_is_no_oracle_across_tenants() {
     assert_eq!(r.code(), "DIGEST_MISMATCH");
     let id_b = backup_disk(&b, "shared-vm", None, &[d]).await;
     assert_eq!(
-        count_files(&srv.data.join("chunks")),
+        count_files(&srv.store_dir().join("chunks")),
         files,
         "cross-tenant dedup keeps one copy"
     );

@@ -1,0 +1,163 @@
+//! The store conformance suite: the contract of `repo_server::store` (durable put-if-absent,
+//! replace, get/stream/len, idempotent delete, list, quarantine, manifests; concurrent writers;
+//! nothing left half-written) checked against every implementation: the local directory of
+//! `repo-server` and the gateway's SMB share on a real Samba server.
+
+use std::collections::BTreeSet;
+use std::io::ErrorKind;
+use std::path::Path;
+use std::sync::Arc;
+
+use gateway::samba::Samba;
+use gateway::share::Share;
+use repo_server::repo::Stores;
+use schema::{BackupId, ChunkId};
+use tests::images::noise;
+
+fn blob(n: usize, seed: u64) -> (ChunkId, Vec<u8>) {
+    let b = noise(n, seed);
+    (ChunkId::of(&b), b)
+}
+
+/// Every rule of the contract, on `s`; `tmp_files` counts what is left in the temp directory.
+fn conformance(s: &Stores, tmp_files: &dyn Fn() -> usize) {
+    let (id, a) = blob(100_000, 1);
+    // Put if absent.
+    assert!(s.chunks.put(&id, &a).unwrap(), "first put stores");
+    assert!(
+        !s.chunks.put(&id, b"other").unwrap(),
+        "second put is a no-op"
+    );
+    assert_eq!(s.chunks.get(&id).unwrap(), a);
+    assert_eq!(s.chunks.len(&id).unwrap(), Some(a.len() as u64));
+    // Replace, whole.
+    let b = noise(70_000, 2);
+    s.chunks.replace(&id, &b).unwrap();
+    assert_eq!(s.chunks.get(&id).unwrap(), b);
+    // Absent names.
+    let (absent, _) = blob(10, 3);
+    assert_eq!(
+        s.chunks.get(&absent).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(s.chunks.len(&absent).unwrap(), None);
+    s.chunks.delete(&absent).unwrap();
+    s.chunks.quarantine(&absent).unwrap();
+    // Streaming equals reading, for a blob larger than one piece.
+    let (big, bb) = blob(3 << 20 | 17, 4);
+    s.indexes.put(&big, &bb).unwrap();
+    let mut streamed = Vec::new();
+    s.indexes
+        .stream(&big, &mut |p| {
+            streamed.extend_from_slice(p);
+            Ok(())
+        })
+        .unwrap();
+    assert!(streamed == bb, "stream = get");
+    // Two stores, two namespaces.
+    assert_eq!(s.chunks.len(&big).unwrap(), None);
+    // Many names across the fan-out directories; list says exactly which.
+    let mut want: BTreeSet<ChunkId> = BTreeSet::from([id]);
+    for i in 0..60u64 {
+        let (c, d) = blob(1000 + i as usize, 100 + i);
+        assert!(s.chunks.put(&c, &d).unwrap());
+        want.insert(c);
+    }
+    let listed: BTreeSet<ChunkId> = s.chunks.list().unwrap().into_iter().collect();
+    assert_eq!(listed, want);
+    // Delete is idempotent; quarantine moves aside.
+    let victim = *want.iter().nth(5).unwrap();
+    s.chunks.delete(&victim).unwrap();
+    s.chunks.delete(&victim).unwrap();
+    assert_eq!(s.chunks.len(&victim).unwrap(), None);
+    let suspect = *want.iter().nth(6).unwrap();
+    s.chunks.quarantine(&suspect).unwrap();
+    assert_eq!(s.chunks.len(&suspect).unwrap(), None);
+    assert_eq!(s.chunks.list().unwrap().len(), want.len() - 2);
+    // Manifests: write, replace, list, read, delete (twice).
+    let m1: BackupId = "20261125T000000Z-00000001".parse().unwrap();
+    let m2: BackupId = "20261125T000001Z-00000002".parse().unwrap();
+    assert!(s.manifests.list_manifests().unwrap().is_empty());
+    s.manifests.put_manifest(&m1, b"{\"v\":1}").unwrap();
+    s.manifests.put_manifest(&m1, b"{\"v\":2}").unwrap();
+    s.manifests.put_manifest(&m2, b"{}").unwrap();
+    let mut l = s.manifests.list_manifests().unwrap();
+    l.sort();
+    assert_eq!(l, vec![m1.clone(), m2.clone()]);
+    assert_eq!(s.manifests.get_manifest(&m1).unwrap(), b"{\"v\":2}");
+    s.manifests.delete_manifest(&m1).unwrap();
+    s.manifests.delete_manifest(&m1).unwrap();
+    assert_eq!(
+        s.manifests.get_manifest(&m1).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(s.manifests.list_manifests().unwrap(), vec![m2]);
+    // Concurrent writers, overlapping names: every name ends up whole.
+    let names: Vec<(ChunkId, Vec<u8>)> = (0..40).map(|i| blob(50_000, 1000 + i)).collect();
+    let names = Arc::new(names);
+    std::thread::scope(|sc| {
+        for t in 0..8 {
+            let (names, chunks) = (names.clone(), s.chunks.clone());
+            sc.spawn(move || {
+                for i in 0..names.len() {
+                    let (c, d) = &names[(i + t * 5) % names.len()];
+                    chunks.put(c, d).unwrap();
+                }
+            });
+        }
+    });
+    for (c, d) in names.iter() {
+        assert!(
+            &s.chunks.get(c).unwrap() == d,
+            "{c} whole after racing puts"
+        );
+    }
+    assert_eq!(tmp_files(), 0, "nothing left half-written in tmp/");
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn local_directory_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Stores::local(dir.path()).unwrap();
+    assert_eq!(s.chunks.kind(), "local");
+    conformance(&s, &|| count(&dir.path().join("tmp")));
+    // The layout the design names.
+    assert!(dir.path().join("manifests").is_dir());
+    assert!(count(&dir.path().join("quarantine")) == 1);
+}
+
+#[test]
+fn smb_share_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let samba = Samba::start(dir.path()).unwrap();
+    let share = Arc::new(Share::open(&samba.share_config("repo/one")).unwrap());
+    let s = gateway::stores(&share);
+    assert_eq!(s.chunks.kind(), "smb");
+    let root = samba.share_dir().join("repo/one");
+    conformance(&s, &|| count(&root.join("tmp")));
+    // The files on the share are the local layout: chunks/ab/cd/<hex>, one zstd frame each.
+    let (id, _) = blob(100_000, 1);
+    let hex = id.hex();
+    assert!(root
+        .join("chunks")
+        .join(&hex[..2])
+        .join(&hex[2..4])
+        .join(&hex)
+        .is_file());
+    assert_eq!(count(&root.join("quarantine")), 1);
+    assert!(root
+        .join("manifests/20261125T000001Z-00000002.json")
+        .is_file());
+    // Wrong credentials and a missing share are refused at open, naming the cause.
+    let mut bad = samba.share_config("repo");
+    bad.password = Some("wrong".into());
+    let e = Share::open(&bad).unwrap_err().to_string();
+    assert!(e.contains("connecting"), "{e}");
+    let mut bad = samba.share_config("repo");
+    bad.share = "nope".into();
+    assert!(Share::open(&bad).is_err());
+}
