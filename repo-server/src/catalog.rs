@@ -19,6 +19,7 @@
 //! | `verified` | chunk (32) | i64 LE: when verify last found the chunk sound (Unix ms) |
 //! | `files` | backup 0 disk 0 partition (4) parent 0 name | JSON [`schema::files::FileEntry`] |
 //! | `names` | tenant 0 name 0 !ms (8) backup 0 disk 0 partition (4) path | size (8) mtime (8) LE |
+//! | `name_set` | tenant 0 name | empty: the name occurs (or occurred) in a backup of the tenant |
 //!
 //! Every state change is one [`rocksdb::WriteBatch`] written with `sync = true` before the
 //! request that caused it is acknowledged. Chunk files are durable before a batch names them.
@@ -36,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-const CFS: [&str; 14] = [
+const CFS: [&str; 15] = [
     "sessions",
     "pins",
     "entries",
@@ -51,6 +52,7 @@ const CFS: [&str; 14] = [
     "verified",
     "files",
     "names",
+    "name_set",
 ];
 
 /// Prefix of a backup's rows in `files` (all its disks and partitions).
@@ -98,6 +100,15 @@ pub fn names_key(
     k
 }
 
+/// Key of a name in `name_set`.
+pub fn name_set_key(tenant: &str, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + name.len() + 1);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
 /// One hit of the `names` index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameHit {
@@ -119,30 +130,64 @@ pub struct NameHit {
     pub mtime: i64,
 }
 
-fn parse_names_row(tenant_len: usize, k: &[u8], v: &[u8]) -> Option<NameHit> {
+/// One row of `names` as it lies in the iterator (nothing copied): searches filter and rank
+/// rows with this and copy out only the hits they keep.
+#[derive(Debug, Clone, Copy)]
+pub struct NameRow<'a> {
+    /// File name.
+    pub name: &'a [u8],
+    /// Backup creation time, Unix ms.
+    pub created_ms: i64,
+    /// Backup id.
+    pub backup: &'a [u8],
+    /// Disk.
+    pub disk: &'a [u8],
+    /// Partition.
+    pub partition: u32,
+    /// Path.
+    pub path: &'a [u8],
+    value: &'a [u8],
+}
+
+impl NameRow<'_> {
+    /// The row as an owned hit (`None` for a row that is not UTF-8, which commit never writes).
+    pub fn to_hit(&self) -> Option<NameHit> {
+        let s = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
+        Some(NameHit {
+            name: s(self.name)?,
+            created_ms: self.created_ms,
+            backup: s(self.backup)?,
+            disk: s(self.disk)?,
+            partition: self.partition,
+            path: s(self.path)?,
+            size: u64::from_le_bytes(self.value.get(..8)?.try_into().ok()?),
+            mtime: i64::from_le_bytes(self.value.get(8..16)?.try_into().ok()?),
+        })
+    }
+}
+
+fn name_row<'a>(tenant_len: usize, k: &'a [u8], v: &'a [u8]) -> Option<NameRow<'a>> {
     let rest = k.get(tenant_len + 1..)?;
     let z = rest.iter().position(|&b| b == 0)?;
-    let name = std::str::from_utf8(&rest[..z]).ok()?.to_owned();
+    let name = &rest[..z];
     let rest = &rest[z + 1..];
     let ms = !u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
     let rest = &rest[8..];
     let z = rest.iter().position(|&b| b == 0)?;
-    let backup = std::str::from_utf8(&rest[..z]).ok()?.to_owned();
+    let backup = &rest[..z];
     let rest = &rest[z + 1..];
     let z = rest.iter().position(|&b| b == 0)?;
-    let disk = std::str::from_utf8(&rest[..z]).ok()?.to_owned();
+    let disk = &rest[..z];
     let rest = &rest[z + 1..];
     let partition = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-    let path = std::str::from_utf8(&rest[4..]).ok()?.to_owned();
-    Some(NameHit {
+    Some(NameRow {
         name,
         created_ms: ms as i64,
         backup,
         disk,
         partition,
-        path,
-        size: u64::from_le_bytes(v.get(..8)?.try_into().ok()?),
-        mtime: i64::from_le_bytes(v.get(8..16)?.try_into().ok()?),
+        path: &rest[4..],
+        value: v,
     })
 }
 
@@ -476,6 +521,11 @@ impl Batch<'_> {
         nv[..8].copy_from_slice(&e.size.to_le_bytes());
         nv[8..].copy_from_slice(&e.mtime.to_le_bytes());
         self.wb.put_cf(&self.cat.cf("names"), nk, nv);
+        self.wb.put_cf(
+            &self.cat.cf("name_set"),
+            name_set_key(&m.tenant, e.name()),
+            [],
+        );
         Ok(())
     }
     /// Removes one entry's `names` row.
@@ -732,57 +782,119 @@ impl Catalog {
         }
     }
 
-    /// Walks `names` rows of `tenant` whose name starts with `name_prefix` and satisfies
-    /// `name_ok`, in key order (by name, then newest first); `f` returns whether to go on. The
-    /// rows of a name that fails `name_ok` are skipped with one seek, so a glob with a leading
-    /// wildcard costs a step per distinct name, not per row. Returns `true` when it stopped after
-    /// `max_steps` steps (rows read plus names skipped).
+    /// Calls `f` with every `names` row of `tenant` whose file name matches `glob` (`*`, `?`).
+    /// A glob without wildcards is one seek; one with wildcards walks the tenant's distinct
+    /// names (`name_set`, from the glob's literal prefix) and seeks the rows of each name that
+    /// matches, so its cost follows the distinct names, not the rows. Rows of one name come
+    /// newest first. Returns `true` when it stopped after `max_steps` steps (names plus rows).
     ///
     /// # Errors
-    /// RocksDB errors.
+    /// RocksDB errors; errors from `f`.
     pub fn search_names(
         &self,
         tenant: &str,
-        name_prefix: &str,
-        name_ok: impl Fn(&[u8]) -> bool,
+        glob: &str,
         max_steps: usize,
-        mut f: impl FnMut(NameHit) -> Result<bool>,
+        mut f: impl FnMut(&NameRow<'_>) -> Result<()>,
     ) -> Result<bool> {
-        let mut prefix = tenant.as_bytes().to_vec();
-        prefix.push(0);
-        let names_at = prefix.len();
-        prefix.extend_from_slice(name_prefix.as_bytes());
-        let mut it = self.db.raw_iterator_cf(&self.cf("names"));
-        it.seek(&prefix);
         let mut steps = 0usize;
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if !k.starts_with(&prefix) {
+        let literal = schema::files::literal_prefix(glob);
+        if literal.len() == glob.len() {
+            return self.rows_of_name(tenant, glob.as_bytes(), &mut steps, max_steps, &mut f);
+        }
+        let start = name_set_key(tenant, literal);
+        let names_at = tenant.len() + 1;
+        let mut it = self.db.raw_iterator_cf(&self.cf("name_set"));
+        it.seek(&start);
+        while let Some(k) = it.key() {
+            if !k.starts_with(&start) {
                 break;
             }
             steps += 1;
             if steps > max_steps {
                 return Ok(true);
             }
-            let Some(z) = k[names_at..].iter().position(|&b| b == 0) else {
-                it.next();
-                continue;
-            };
-            if !name_ok(&k[names_at..names_at + z]) {
-                // The smallest key after every row of this name: name, then 0x01.
-                let mut next = k[..names_at + z].to_vec();
-                next.push(1);
-                it.seek(&next);
-                continue;
-            }
-            if let Some(hit) = parse_names_row(tenant.len(), k, v) {
-                if !f(hit)? {
-                    break;
-                }
+            let name = &k[names_at..];
+            if schema::files::name_match(glob.as_bytes(), name)
+                && self.rows_of_name(tenant, name, &mut steps, max_steps, &mut f)?
+            {
+                return Ok(true);
             }
             it.next();
         }
         it.status()?;
         Ok(false)
+    }
+
+    fn rows_of_name(
+        &self,
+        tenant: &str,
+        name: &[u8],
+        steps: &mut usize,
+        max_steps: usize,
+        f: &mut impl FnMut(&NameRow<'_>) -> Result<()>,
+    ) -> Result<bool> {
+        let mut prefix = name_set_key(tenant, "");
+        prefix.extend_from_slice(name);
+        prefix.push(0);
+        let mut it = self.db.raw_iterator_cf(&self.cf("names"));
+        it.seek(&prefix);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            *steps += 1;
+            if *steps > max_steps {
+                return Ok(true);
+            }
+            if let Some(row) = name_row(tenant.len(), k, v) {
+                f(&row)?;
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(false)
+    }
+
+    /// Fills `name_set` from `names` when it is empty and `names` is not (a catalog from before
+    /// `name_set` existed). Returns the names added.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn backfill_name_set(&self) -> Result<u64> {
+        let cf = self.cf("name_set");
+        if self
+            .db
+            .iterator_cf(&cf, IteratorMode::Start)
+            .next()
+            .is_some()
+        {
+            return Ok(0);
+        }
+        let mut wb = WriteBatch::default();
+        let mut last: Vec<u8> = Vec::new();
+        let mut added = 0u64;
+        for kv in self.db.iterator_cf(&self.cf("names"), IteratorMode::Start) {
+            let (k, _) = kv?;
+            // tenant 0 name 0 ...: the key up to the second zero.
+            let Some(t) = k.iter().position(|&b| b == 0) else {
+                continue;
+            };
+            let Some(n) = k[t + 1..].iter().position(|&b| b == 0) else {
+                continue;
+            };
+            let key = &k[..t + 1 + n];
+            if key != last.as_slice() {
+                wb.put_cf(&cf, key, []);
+                last = key.to_vec();
+                added += 1;
+                if wb.len() >= 10_000 {
+                    self.db.write_opt(std::mem::take(&mut wb), &self.sync)?;
+                }
+            }
+        }
+        self.db.write_opt(wb, &self.sync)?;
+        Ok(added)
     }
 
     /// Policies set over the API, by source.

@@ -3,7 +3,7 @@
 //! (search by file name across backups, newest first), written in the commit batch so they
 //! appear and disappear with the backup.
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 
 use schema::api::{FileIndexRef, FileListing, ListedFile, Manifest, SearchHit, SearchResults};
 use schema::files::{self, FileEntry, FileKind};
@@ -429,61 +429,77 @@ impl Repository {
             .map(|p| format!("{}/", p.trim_end_matches('/')));
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
         let skip = q.after.unwrap_or(0);
-        let mut sources: HashMap<String, Option<(String, String)>> = HashMap::new();
-        let mut hits = Vec::new();
-        let truncated = self.catalog.search_names(
-            &tenant,
-            files::literal_prefix(&glob),
-            |name| files::name_match(glob.as_bytes(), name),
-            MAX_SCANNED,
-            |h| {
-                if since.is_some_and(|s| h.created_ms < s)
-                    || until.is_some_and(|u| h.created_ms >= u)
-                    || under.as_deref().is_some_and(|u| !h.path.starts_with(u))
+        // Only the best `skip + limit` hits are kept (a max-heap whose top is the worst kept);
+        // every other matching row is only counted, without being copied.
+        let keep = skip.saturating_add(limit);
+        let mut sources: HashMap<Vec<u8>, Option<(String, String)>> = HashMap::new();
+        let mut best: BinaryHeap<Ranked> = BinaryHeap::new();
+        let mut total = 0usize;
+        let truncated = self
+            .catalog
+            .search_names(&tenant, &glob, MAX_SCANNED, |row| {
+                if since.is_some_and(|s| row.created_ms < s)
+                    || until.is_some_and(|u| row.created_ms >= u)
+                    || under
+                        .as_deref()
+                        .is_some_and(|u| !row.path.starts_with(u.as_bytes()))
                 {
-                    return Ok(true);
+                    return Ok(());
                 }
-                let info = match sources.get(&h.backup) {
-                    Some(i) => i.clone(),
-                    None => {
-                        let i = match h.backup.parse::<BackupId>() {
-                            Ok(b) => self.catalog.backup(&b)?.map(|m| (m.source, m.created)),
-                            Err(_) => None,
-                        };
-                        sources.insert(h.backup.clone(), i.clone());
-                        i
-                    }
-                };
-                let Some((source, created)) = info else {
-                    return Ok(true);
+                if !sources.contains_key(row.backup) {
+                    let info = match std::str::from_utf8(row.backup)
+                        .ok()
+                        .and_then(|b| b.parse::<BackupId>().ok())
+                    {
+                        Some(b) => self.catalog.backup(&b)?.map(|m| (m.source, m.created)),
+                        None => None,
+                    };
+                    sources.insert(row.backup.to_vec(), info);
+                }
+                let Some(Some((source, created))) = sources.get(row.backup) else {
+                    return Ok(());
                 };
                 if q.source.as_deref().is_some_and(|s| s != source) {
-                    return Ok(true);
+                    return Ok(());
                 }
-                hits.push((h, source, created));
-                Ok(true)
-            },
-        )?;
-        hits.sort_by(|a, b| {
-            b.0.created_ms
-                .cmp(&a.0.created_ms)
-                .then_with(|| a.0.path.cmp(&b.0.path))
-        });
-        let total = hits.len();
-        let results: Vec<SearchHit> = hits
+                total += 1;
+                let better =
+                    best.len() < keep || best.peek().is_some_and(|w| Ranked::key_of(row) < w.key());
+                if better {
+                    if let Some(hit) = row.to_hit() {
+                        best.push(Ranked {
+                            hit,
+                            source: source.clone(),
+                            created: created.clone(),
+                        });
+                        if best.len() > keep {
+                            best.pop();
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        let results: Vec<SearchHit> = best
+            .into_sorted_vec()
             .into_iter()
             .skip(skip)
             .take(limit)
-            .map(|(h, source, created)| SearchHit {
-                backup: h.backup,
-                source,
-                created,
-                disk: h.disk,
-                partition: h.partition,
-                path: h.path,
-                size: h.size,
-                mtime: schema::time::rfc3339(h.mtime * 1000),
-            })
+            .map(
+                |Ranked {
+                     hit: h,
+                     source,
+                     created,
+                 }| SearchHit {
+                    backup: h.backup,
+                    source,
+                    created,
+                    disk: h.disk,
+                    partition: h.partition,
+                    path: h.path,
+                    size: h.size,
+                    mtime: schema::time::rfc3339(h.mtime * 1000),
+                },
+            )
             .collect();
         let next = (skip + limit < total).then_some(skip + limit);
         Ok(SearchResults {
@@ -524,5 +540,55 @@ fn listing(
         path: path.to_owned(),
         entries,
         truncated,
+    }
+}
+
+/// A kept search hit, ordered by rank: newest backup first, then path, backup, disk,
+/// partition (smaller is better).
+struct Ranked {
+    hit: crate::catalog::NameHit,
+    source: String,
+    created: String,
+}
+
+impl Ranked {
+    fn key(&self) -> (std::cmp::Reverse<i64>, &[u8], &[u8], &[u8], u32) {
+        let h = &self.hit;
+        (
+            std::cmp::Reverse(h.created_ms),
+            h.path.as_bytes(),
+            h.backup.as_bytes(),
+            h.disk.as_bytes(),
+            h.partition,
+        )
+    }
+
+    fn key_of<'a>(
+        r: &crate::catalog::NameRow<'a>,
+    ) -> (std::cmp::Reverse<i64>, &'a [u8], &'a [u8], &'a [u8], u32) {
+        (
+            std::cmp::Reverse(r.created_ms),
+            r.path,
+            r.backup,
+            r.disk,
+            r.partition,
+        )
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, o: &Self) -> bool {
+        self.key() == o.key()
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&o.key())
     }
 }

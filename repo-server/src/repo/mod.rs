@@ -180,6 +180,13 @@ impl Repository {
             manifests,
         } = stores;
         let catalog = Catalog::open(&data.join("catalog"))?;
+        let added = catalog.backfill_name_set()?;
+        if added > 0 {
+            tracing::info!(
+                names = added,
+                "filled the distinct-name index of the file catalog"
+            );
+        }
         let open = catalog
             .sessions()?
             .iter()
