@@ -18,6 +18,6 @@ pub mod server;
 pub use backup::{backup_disk, DiskUpload};
 pub use client::{Client, Resp};
 pub use server::{
-    gateway_binary, mover_binary, smb_store, snapshot, ChildServer, TestServer, ADMIN, BACKUP_A,
-    BACKUP_B, READER_A,
+    files_under, gateway_binary, mover_binary, smb_store, snapshot, ChildServer, TestServer, ADMIN,
+    BACKUP_A, BACKUP_B, READER_A,
 };

@@ -279,6 +279,23 @@ impl Drop for ChildServer {
     }
 }
 
+/// Every regular file under `dir` (recursively), in no particular order.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 /// Every file under `dir` with the blake3 of its content, except RocksDB's own info logs and
 /// a test Samba server's directory (its state and logs change by themselves).
 pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {

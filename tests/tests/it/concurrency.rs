@@ -54,18 +54,7 @@ async fn eight_overlapping_sessions_store_each_chunk_once() {
     for t in tasks {
         ids.push(t.await.unwrap());
     }
-    let mut files = 0;
-    let mut stack = vec![srv.store_dir().join("chunks")];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                files += 1;
-            }
-        }
-    }
+    let files = tests::files_under(&srv.store_dir().join("chunks")).len();
     assert_eq!(
         files,
         distinct.len(),

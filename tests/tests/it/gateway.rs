@@ -52,20 +52,12 @@ async fn restored(url: &str, id: &str, to: &Path) -> Vec<u8> {
 /// blake3). Also counts files in `tmp/`.
 fn share_chunks(root: &Path) -> (BTreeMap<String, bool>, usize) {
     let mut out = BTreeMap::new();
-    let mut stack = vec![root.join("chunks")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let frame = std::fs::read(e.path()).unwrap();
-                let sound = zstd::stream::decode_all(&frame[..])
-                    .is_ok_and(|d| ChunkId::of(&d).hex() == name);
-                out.insert(name, sound);
-            }
-        }
+    for p in tests::files_under(&root.join("chunks")) {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let frame = std::fs::read(&p).unwrap();
+        let sound =
+            zstd::stream::decode_all(&frame[..]).is_ok_and(|d| ChunkId::of(&d).hex() == name);
+        out.insert(name, sound);
     }
     let tmp = std::fs::read_dir(root.join("tmp")).unwrap().count();
     (out, tmp)

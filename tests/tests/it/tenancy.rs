@@ -6,19 +6,7 @@ use tests::backup::{new_session, test_data};
 use tests::{backup_disk, Client, DiskUpload, TestServer, ADMIN, BACKUP_A, BACKUP_B};
 
 fn count_files(dir: &std::path::Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else {
-                n += 1;
-            }
-        }
-    }
-    n
+    tests::files_under(dir).len()
 }
 
 #[tokio::test]
