@@ -491,7 +491,7 @@ impl Batch<'_> {
     pub(crate) fn put_raw(&mut self, cf: &str, key: &[u8], value: &[u8]) {
         self.wb.put_cf(&self.cat.cf(cf), key, value);
     }
-    /// Deletes a raw key (offline repair only).
+    /// Deletes a raw key (offline repair; GC for `name_set`).
     pub(crate) fn delete_raw(&mut self, cf: &str, key: &[u8]) {
         self.wb.delete_cf(&self.cat.cf(cf), key);
     }
@@ -854,6 +854,25 @@ impl Catalog {
         }
         it.status()?;
         Ok(false)
+    }
+
+    /// The `name_set` keys among `keys` with no row left in `names`.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn unused_names(&self, keys: &[Box<[u8]>]) -> Result<Vec<Box<[u8]>>> {
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator_cf(&self.cf("names"));
+        for k in keys {
+            let mut prefix = k.to_vec();
+            prefix.push(0);
+            it.seek(&prefix);
+            if !it.key().is_some_and(|r| r.starts_with(&prefix)) {
+                out.push(k.clone());
+            }
+        }
+        it.status()?;
+        Ok(out)
     }
 
     /// Fills `name_set` from `names` when it is empty and `names` is not (a catalog from before

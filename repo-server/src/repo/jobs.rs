@@ -358,6 +358,32 @@ impl Repository {
             self.catalog.write(b)?;
         }
 
+        // Distinct names (`name_set`) no backup's file catalog has any more. A commit writes a
+        // name's row in its batch under the gc read lock, so checking again under the write
+        // lock cannot remove a name that is in use.
+        p.set_phase("names");
+        let mut names_removed = 0u64;
+        let mut after: Option<Box<[u8]>> = None;
+        loop {
+            let rows = self
+                .catalog
+                .slice("name_set", after.as_deref(), SWEEP_SLICE)?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(last.clone());
+            let keys: Vec<Box<[u8]>> = rows.into_iter().map(|(k, _)| k).collect();
+            let unused = self.catalog.unused_names(&keys)?;
+            if unused.is_empty() {
+                continue;
+            }
+            let _w = self.gc.write().unwrap_or_else(|e| e.into_inner());
+            let mut b = self.catalog.batch();
+            for k in self.catalog.unused_names(&unused)? {
+                b.delete_raw("name_set", &k);
+                names_removed += 1;
+            }
+            self.catalog.write(b)?;
+        }
+
         // Index blobs no backup names, under the write lock so no commit is half-way.
         p.set_phase("indexes");
         crate::fail::hit("gc.before_index_removal");
@@ -380,6 +406,7 @@ impl Repository {
             "backups": backups, "references_marked": references, "chunks_kept": kept,
             "chunks_too_young": young, "chunks_removed": removed, "bytes_freed": freed,
             "owner_rows_removed": owners_removed, "indexes_removed": indexes_removed,
+            "names_removed": names_removed,
         }))
     }
 

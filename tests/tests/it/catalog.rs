@@ -361,3 +361,54 @@ async fn day_one_and_day_two_and_search_across_backups() {
     assert!(!gone.exists() && !gone.with_extension("part").exists());
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_forgets_names_that_no_backup_has_any_more() {
+    let srv = TestServer::start().await;
+    let mc = client(&srv.url());
+    let c = Client::h2(&srv.url(), Some(BACKUP_A));
+    let admin = Client::h2(&srv.url(), Some(tests::ADMIN));
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    for (name, extra) in [("vm-gone", true), ("vm-stays", false)] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let tree = tree_with_extras(&d, "x\n");
+        if extra {
+            std::fs::write(tree.join("srv/only-in-gone.txt"), "bye\n").unwrap();
+        }
+        let img = build(&d, name, Layout::ext4(Table::Dos, 4096, 32, 4, 1), &tree);
+        ids.push(
+            backup(&mc, &opts(name, &img.path, &d.join("state")))
+                .await
+                .unwrap()
+                .backup_id,
+        );
+    }
+    let hits = |q: &'static str| {
+        let c = c.clone();
+        async move { c.get(&format!("/v1/search?{q}")).await.json()["total"].clone() }
+    };
+    assert_eq!(hits("name=*-in-gone.txt").await, 1);
+    let del = admin
+        .send(
+            http::Method::DELETE,
+            &format!("/v1/backups/{}", ids[0]),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        hits("name=*-in-gone.txt").await,
+        0,
+        "the rows went with the backup"
+    );
+    let gc = tests::jobs::run_job(&admin, "gc").await;
+    assert!(gc["result"]["names_removed"].as_u64().unwrap() >= 1, "{gc}");
+    assert_eq!(hits("name=*-in-gone.txt").await, 0);
+    // Names the other backup has stay searchable by wildcard.
+    assert_eq!(hits("name=note-1?.txt").await, 10);
+    assert_eq!(hits("name=*hostname").await, 1);
+    srv.stop().await;
+}
