@@ -22,6 +22,9 @@ pub const MAX_LISTING: usize = 100_000;
 /// Most `names` rows one search examines.
 const MAX_SCANNED: usize = 2_000_000;
 
+/// Deepest page offset of a search (what it ranks is bounded by `after + limit`).
+const MAX_AFTER: usize = 100_000;
+
 /// A parsed file index, waiting for the commit batch.
 #[derive(Debug)]
 pub(crate) struct ParsedIndex {
@@ -429,6 +432,13 @@ impl Repository {
             .map(|p| format!("{}/", p.trim_end_matches('/')));
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
         let skip = q.after.unwrap_or(0);
+        if skip > MAX_AFTER {
+            // The answer keeps `after + limit` hits in memory to rank them.
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                format!("after is at most {MAX_AFTER}; narrow the search (path, source, since, until) instead of paging that deep"),
+            ));
+        }
         // Only the best `skip + limit` hits are kept (a max-heap whose top is the worst kept);
         // every other matching row is only counted, without being copied.
         let keep = skip.saturating_add(limit);

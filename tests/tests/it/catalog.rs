@@ -268,7 +268,13 @@ async fn day_one_and_day_two_and_search_across_backups() {
         .await
         .json();
     assert_eq!(other["total"], 0);
-    for q in ["name=a/b", "since=yesterday", "bogus=1", "limit=x"] {
+    for q in [
+        "name=a/b",
+        "since=yesterday",
+        "bogus=1",
+        "limit=x",
+        "after=100001",
+    ] {
         let r = c.get(&format!("/v1/search?{q}")).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {:?}", r.body);
     }
