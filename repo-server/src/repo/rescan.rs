@@ -88,9 +88,11 @@ impl Repository {
         // Chunk rows first (a crash here leaves rows that GC collects as garbage).
         let now = self.now();
         let mut b = self.catalog.batch();
-        let (mut added, mut bytes) = (0u64, 0u64);
+        // Chunks new to the catalog, and the change of the stored-bytes counter.
+        let (mut added, mut bytes) = (0u64, 0i64);
         for c in &chunks {
-            if self.catalog.chunk(c)?.is_some_and(|m| !m.is_bad()) {
+            let known = self.catalog.chunk(c)?;
+            if known.is_some_and(|m| !m.is_bad()) {
                 b.put_owner(&m.tenant, c);
                 continue;
             }
@@ -116,14 +118,20 @@ impl Repository {
                 },
             );
             b.put_owner(&m.tenant, c);
-            added += 1;
-            bytes += frame.len() as u64;
+            match known {
+                // A row verify had marked bad, now found sound: counted already.
+                Some(old) => bytes += frame.len() as i64 - old.stored_len as i64,
+                None => {
+                    added += 1;
+                    bytes += frame.len() as i64;
+                }
+            }
         }
         b.add(counter::CHUNKS, added as i64);
-        b.add(counter::STORED_BYTES, bytes as i64);
+        b.add(counter::STORED_BYTES, bytes);
         self.catalog.write(b)?;
         report.chunks += added;
-        report.stored_bytes += bytes;
+        report.stored_bytes = report.stored_bytes.saturating_add_signed(bytes);
         // Then the backup and its guest file catalog, in one batch.
         let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
         let mut parsed = Vec::new();
