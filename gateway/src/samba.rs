@@ -69,41 +69,13 @@ impl Samba {
             run(Command::new("useradd").args(["-M", "-s", "/usr/sbin/nologin", USER]))?;
         }
         run(Command::new("chown").arg(USER).arg(&share))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let d = dir.display();
-        let conf = format!(
-            "[global]
-  server role = standalone server
-  interfaces = lo
-  bind interfaces only = yes
-  smb ports = {port}
-  disable netbios = yes
-  lock directory = {d}/state/lock
-  state directory = {d}/state/state
-  cache directory = {d}/state/cache
-  private dir = {d}/state/private
-  pid directory = {d}/state/pid
-  ncalrpc dir = {d}/state/ncalrpc
-  log file = {d}/log/log.%m
-  passdb backend = tdbsam:{d}/state/private/passdb.tdb
-  map to guest = never
-  load printers = no
-  printing = bsd
-  printcap name = /dev/null
-  disable spoolss = yes
-  server min protocol = SMB3
-  server signing = mandatory
-[{SHARE}]
-  path = {}
-  read only = no
-  valid users = {USER}
-  force user = {USER}
-",
-            share.display()
-        );
-        std::fs::write(dir.join("smb.conf"), conf)?;
+        let free_port = || -> io::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let port = free_port()?;
+        std::fs::write(dir.join("smb.conf"), conf(dir, &share, port))?;
         let mut pw = Command::new("smbpasswd")
             .arg("-c")
             .arg(dir.join("smb.conf"))
@@ -131,8 +103,20 @@ impl Samba {
             port,
             child: None,
         };
-        s.start_again()?;
-        Ok(s)
+        // The port was free a moment ago; another process may take it first: then smbd exits
+        // and another port is tried.
+        let mut tries = 0;
+        loop {
+            match s.start_again() {
+                Ok(()) => return Ok(s),
+                Err(e) if tries >= 3 => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    s.port = free_port()?;
+                    std::fs::write(dir.join("smb.conf"), conf(dir, &share, s.port))?;
+                }
+            }
+        }
     }
 
     /// Starts `smbd` again (after [`Samba::kill`]) on the same port and share.
@@ -151,6 +135,18 @@ impl Samba {
         self.child = Some(child);
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "smbd exited ({status}) before listening on port {}; see {}",
+                    self.port,
+                    self.dir.join("log").display()
+                )));
+            }
             if started.elapsed() > Duration::from_secs(15) {
                 return Err(io::Error::other("smbd did not start listening within 15 s"));
             }
@@ -206,4 +202,39 @@ impl Drop for Samba {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The `smb.conf` of a test server in `dir` sharing `share` on `port`.
+fn conf(dir: &Path, share: &Path, port: u16) -> String {
+    let d = dir.display();
+    format!(
+        "[global]
+  server role = standalone server
+  interfaces = lo
+  bind interfaces only = yes
+  smb ports = {port}
+  disable netbios = yes
+  lock directory = {d}/state/lock
+  state directory = {d}/state/state
+  cache directory = {d}/state/cache
+  private dir = {d}/state/private
+  pid directory = {d}/state/pid
+  ncalrpc dir = {d}/state/ncalrpc
+  log file = {d}/log/log.%m
+  passdb backend = tdbsam:{d}/state/private/passdb.tdb
+  map to guest = never
+  load printers = no
+  printing = bsd
+  printcap name = /dev/null
+  disable spoolss = yes
+  server min protocol = SMB3
+  server signing = mandatory
+[{SHARE}]
+  path = {}
+  read only = no
+  valid users = {USER}
+  force user = {USER}
+",
+        share.display()
+    )
 }
