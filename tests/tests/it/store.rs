@@ -152,6 +152,22 @@ fn smb_share_keeps_the_store_contract() {
     assert!(root
         .join("manifests/20261125T000001Z-00000002.json")
         .is_file());
+    // The password may come from a credentials file (its first line) instead of the config.
+    let cred = dir.path().join("smb.pass");
+    std::fs::write(&cred, format!("{}\nignored\n", gateway::samba::PASSWORD)).unwrap();
+    let mut from_file = samba.share_config("repo/one");
+    from_file.password = None;
+    from_file.credentials_file = Some(cred);
+    let s2 = gateway::stores(&Arc::new(Share::open(&from_file).unwrap()));
+    assert_eq!(
+        s2.chunks.get(&id).unwrap().len(),
+        70_000,
+        "the replaced blob, read again"
+    );
+    let mut neither = samba.share_config("repo");
+    neither.password = None;
+    let e = Share::open(&neither).unwrap_err().to_string();
+    assert!(e.contains("password or credentials_file"), "{e}");
     // Wrong credentials and a missing share are refused at open, naming the cause.
     let mut bad = samba.share_config("repo");
     bad.password = Some("wrong".into());
