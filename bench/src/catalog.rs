@@ -83,6 +83,7 @@ pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> 
                 streams: 16,
                 state_dir: work.join("state"),
                 progress: false,
+                file_index: true,
             };
             let t = Instant::now();
             let r = backup(&client, &opts).await?;

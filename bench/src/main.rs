@@ -775,6 +775,7 @@ fn wan_goodput(mib: usize, rate: u64, rtts: &[u64]) -> Result<()> {
                 streams,
                 state_dir: dir.join("state"),
                 progress: false,
+                file_index: true,
             };
             let t = Instant::now();
             let r = backup(&c, &o).await?;

@@ -16,6 +16,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::Method;
 use schema::api::{BackupList, Manifest, SessionStatus};
+use schema::files::FileEntry;
 use schema::{ChunkId, IndexRecord, SessionId};
 use serde::Serialize;
 use serde_json::json;
@@ -62,6 +63,9 @@ pub struct BackupOptions {
     pub state_dir: PathBuf,
     /// Show progress on stderr.
     pub progress: bool,
+    /// Index the guest files of every ext2/3/4 file system (file listing, single-file restore
+    /// and search in the catalog). Off: the backup has no file index; excludes still apply.
+    pub file_index: bool,
 }
 
 /// One disk in the report.
@@ -183,7 +187,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
                     .filter(|e| &e.0 == name)
                     .map(|e| e.1.clone())
                     .collect();
-                plans.push(blockmap::plan(&d, &ex)?);
+                plans.push(blockmap::plan_deferred(&d, &ex)?);
                 disks.push(d);
             }
             Ok((disks, plans))
@@ -344,6 +348,47 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     // Reader and hasher threads.
     let disks = Arc::new(disks);
     let plans = Arc::new(plans);
+    // The guest file systems' metadata walk for the file indexes runs beside the data pipeline
+    // (the block map did not need it without excludes), and its upload as soon as it is done.
+    let walker = {
+        let (disks, plans, wanted) = (disks.clone(), plans.clone(), opts.file_index);
+        tokio::task::spawn_blocking(move || -> Result<Vec<blockmap::FileIndexes>> {
+            if !wanted {
+                return Ok(vec![(Vec::new(), 0.0); disks.len()]);
+            }
+            disks
+                .iter()
+                .zip(plans.iter())
+                .map(|(d, p)| {
+                    let (mut files, secs) = blockmap::index_files(d, &p.unindexed)?;
+                    files.splice(0..0, p.files.iter().cloned());
+                    Ok((files, secs + p.files_seconds))
+                })
+                .collect()
+        })
+    };
+    let index_job = async {
+        let walked = walker
+            .await
+            .map_err(|e| Error::Invalid(format!("the file index walk failed: {e}")))??;
+        let t = Instant::now();
+        let files: Vec<_> = walked.iter().map(|(f, _)| f.as_slice()).collect();
+        let refs = upload_file_indexes(
+            client,
+            &session.to_string(),
+            &names,
+            &files,
+            opts.zstd_level,
+        )
+        .await?;
+        let entries: u64 = files
+            .iter()
+            .flat_map(|f| f.iter())
+            .map(|(_, e)| e.len() as u64)
+            .sum();
+        let secs = t.elapsed().as_secs_f64() + walked.iter().map(|(_, s)| s).sum::<f64>();
+        Ok::<_, Error>((refs, entries, secs))
+    };
     let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Result<Item>>(8);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Item>>(8);
     let reader = {
@@ -417,7 +462,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
         blocks: 0,
     };
     let mut batch: Vec<Item> = Vec::with_capacity(batch_max);
-    let outcome: Result<()> = async {
+    let pipeline = async {
         while let Some(item) = rx.recv().await {
             let item = item?;
             if batch.last().is_some_and(|l| l.disk != item.disk) || batch.len() >= batch_max {
@@ -427,13 +472,13 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
         }
         ctx.submit(std::mem::take(&mut batch), bs).await?;
         ctx.drain().await
-    }
-    .await;
+    };
+    let outcome = tokio::try_join!(pipeline, index_job);
     drop(rx);
     let _ = reader.join();
     let _ = hasher.join();
     progress.finish();
-    outcome?;
+    let ((), (file_indexes, files_indexed, file_index_seconds)) = outcome?;
     for n in &names {
         if let Some(s) = ctx.journal.disks.get_mut(n) {
             s.done = true;
@@ -459,18 +504,6 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     *skipped.entry("zero".into()).or_default() += ctx.zero_bytes;
     *skipped.entry("unchanged".into()).or_default() += ctx.unchanged_read;
     let (records, uploaded, sent, blocks) = (ctx.records, ctx.uploaded, ctx.sent, ctx.blocks);
-
-    // The guest file indexes, as chunks of this session.
-    let index_started = Instant::now();
-    let file_indexes = upload_file_indexes(
-        client,
-        &session.to_string(),
-        &names,
-        &plans,
-        opts.zstd_level,
-    )
-    .await?;
-    let index_seconds = index_started.elapsed().as_secs_f64();
 
     // Commit.
     let mut commit_disks = serde_json::Map::new();
@@ -507,12 +540,8 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     journal.remove();
     let mut r = report_from_manifest(client, &id, opts, &plans, resumed, started, skipped).await?;
     r.read_bytes = read_bytes;
-    r.files_indexed = plans
-        .iter()
-        .flat_map(|p| &p.files)
-        .map(|(_, e)| e.len() as u64)
-        .sum();
-    r.file_index_seconds = index_seconds + plans.iter().map(|p| p.files_seconds).sum::<f64>();
+    r.files_indexed = files_indexed;
+    r.file_index_seconds = file_index_seconds;
     r.records = records;
     r.chunks_uploaded = uploaded;
     r.sent_bytes = sent;
@@ -521,17 +550,18 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
 }
 
 /// Uploads each file system's index (JSON lines, cut into 1 MiB chunks) into the session and
-/// returns the commit's `file_indexes`. Safe to repeat: find-missing pins what is already there.
+/// returns the commit's `file_indexes`; `files` holds each disk's (partition, entries). Safe to
+/// repeat: find-missing pins what is already there.
 async fn upload_file_indexes(
     client: &RepoClient,
     session: &str,
     names: &[String],
-    plans: &[DiskPlan],
+    files: &[&[(u32, Vec<FileEntry>)]],
     level: i32,
 ) -> Result<Vec<serde_json::Value>> {
     let mut refs = Vec::new();
-    for (name, plan) in names.iter().zip(plans) {
-        for (part, entries) in &plan.files {
+    for (name, disk_files) in names.iter().zip(files) {
+        for (part, entries) in disk_files.iter() {
             let bytes = crate::file_index::to_json_lines(entries);
             let pieces: Vec<&[u8]> = bytes.chunks(1 << 20).collect();
             let ids: Vec<ChunkId> = pieces.iter().map(|p| ChunkId::of(p)).collect();

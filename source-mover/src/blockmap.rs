@@ -33,13 +33,54 @@ pub struct DiskPlan {
     pub files: Vec<(u32, Vec<schema::files::FileEntry>)>,
     /// Seconds spent walking file systems (the one walk gives the index and the excluded files).
     pub files_seconds: f64,
+    /// File systems whose index is still to be built by [`index_files`]: (partition number,
+    /// byte offset, length). Only [`plan_deferred`] leaves any.
+    pub unindexed: Vec<(u32, u64, u64)>,
 }
 
-/// Builds the plan of `disk`, dropping the data blocks of files matching `excludes`.
+/// The file indexes [`index_files`] builds: (partition number, entries) per file system, and
+/// the seconds the walks took.
+pub type FileIndexes = (Vec<(u32, Vec<schema::files::FileEntry>)>, f64);
+
+/// Builds the plan of `disk`, dropping the data blocks of files matching `excludes`, with the
+/// file index of every ext2/3/4 file system in [`DiskPlan::files`].
 ///
 /// # Errors
 /// I/O errors reading the disk's metadata.
 pub fn plan(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
+    plan_with(disk, excludes, true)
+}
+
+/// [`plan`], except that a file system with no excludes is not walked: the block map needs only
+/// its bitmaps, so its file index is left in [`DiskPlan::unindexed`] for [`index_files`], which
+/// the backup runs beside its data pipeline instead of before it.
+///
+/// # Errors
+/// I/O errors reading the disk's metadata.
+pub fn plan_deferred(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
+    plan_with(disk, excludes, false)
+}
+
+/// Walks the file systems `plan_deferred` left unindexed (metadata reads only).
+///
+/// # Errors
+/// I/O errors reading metadata; a file system that no longer opens is an error (the plan found
+/// it a moment ago).
+pub fn index_files(disk: &Disk, unindexed: &[(u32, u64, u64)]) -> Result<FileIndexes> {
+    let t = std::time::Instant::now();
+    let mut files = Vec::new();
+    for &(number, start, len) in unindexed {
+        let fs = Ext4::open(disk, start, len)?.ok_or_else(|| {
+            crate::error::Error::Invalid(format!(
+                "the ext2/3/4 file system at byte {start} is gone since the plan read it"
+            ))
+        })?;
+        files.push((number, crate::file_index::build(&fs, &[])?.entries));
+    }
+    Ok((files, t.elapsed().as_secs_f64()))
+}
+
+fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPlan> {
     let mut parts = partition::read(disk)?;
     let whole_disk = parts.is_empty();
     if whole_disk {
@@ -54,6 +95,7 @@ pub fn plan(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
     let mut found = Vec::new();
     let mut files = Vec::new();
     let mut files_seconds = 0.0;
+    let mut unindexed = Vec::new();
     for p in &parts {
         let name = if whole_disk {
             "whole disk".to_string()
@@ -67,6 +109,12 @@ pub fn plan(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
                 fs.block_size / 1024,
                 f.total() >> 20
             );
+            free = free.union(&f);
+            if !walk_now && excludes.is_empty() {
+                unindexed.push((p.number, p.start, p.len));
+                found.push(line);
+                continue;
+            }
             let t = std::time::Instant::now();
             let walk = crate::file_index::build(&fs, excludes)?;
             files_seconds += t.elapsed().as_secs_f64();
@@ -79,7 +127,6 @@ pub fn plan(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
                 ));
                 excluded = excluded.union(&ex);
             }
-            free = free.union(&f);
             line.push_str(&format!(", {} files indexed", walk.entries.len()));
             files.push((p.number, walk.entries));
             found.push(line);
@@ -112,6 +159,7 @@ pub fn plan(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
         found,
         files,
         files_seconds,
+        unindexed,
     })
 }
 

@@ -384,6 +384,7 @@ pub async fn demo(dir: Option<PathBuf>) -> Result<()> {
         streams: 32,
         state_dir: dir.join("state"),
         progress: false,
+        file_index: true,
     };
     say("day 1: full backup");
     let full = backup(&client, &opts(&disk, None, Base::None)).await?;

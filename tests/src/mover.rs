@@ -23,6 +23,7 @@ pub fn opts(source: &str, disk: &Path, state: &Path) -> BackupOptions {
         streams: 16,
         state_dir: state.to_owned(),
         progress: false,
+        file_index: true,
     }
 }
 

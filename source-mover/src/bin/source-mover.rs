@@ -84,6 +84,10 @@ struct BackupArgs {
     /// Concurrent chunk uploads (HTTP/2 streams) [default: 32; wan profile: 64].
     #[arg(long)]
     streams: Option<usize>,
+    /// Do not index guest files: the backup can still be restored whole, but not browsed,
+    /// searched or restored file by file (excludes still apply).
+    #[arg(long)]
+    no_file_index: bool,
     /// HTTP/2 connections, used round-robin [default: 1; wan profile: 4].
     #[arg(long)]
     connections: Option<usize>,
@@ -331,6 +335,7 @@ async fn main() -> anyhow::Result<()> {
                     Base::Id(id.to_owned())
                 }
             };
+            let file_index = !a.no_file_index;
             let opts = BackupOptions {
                 source: a.source,
                 disks: a.disks,
@@ -341,6 +346,7 @@ async fn main() -> anyhow::Result<()> {
                     .unwrap_or(if wan { 256 << 10 } else { 1 << 20 }),
                 zstd_level: a.zstd_level.unwrap_or(if wan { 6 } else { 3 }),
                 excludes: a.excludes,
+                file_index,
                 streams: a.streams.unwrap_or(if wan { 64 } else { 32 }),
                 state_dir: state_dir(a.state_dir),
                 progress: tty || !a.json,
@@ -381,6 +387,14 @@ async fn main() -> anyhow::Result<()> {
                         .join(", ")
                 );
                 println!("  uploaded {} chunks, {} compressed; repository stored {} new chunks ({}), reused {}", r.chunks_uploaded, mb(r.sent_bytes), r.new_chunks, mb(r.stored_bytes), r.reused_chunks);
+                if file_index {
+                    println!(
+                        "  guest files indexed: {} ({:.2} s walking and uploading, beside the data)",
+                        r.files_indexed, r.file_index_seconds
+                    );
+                } else {
+                    println!("  guest files not indexed (--no-file-index)");
+                }
                 println!(
                     "  {:.2} s, peak RSS {}{}",
                     r.duration_ms as f64 / 1000.0,

@@ -418,3 +418,56 @@ async fn gc_forgets_names_that_no_backup_has_any_more() {
     assert_eq!(hits("name=*hostname").await, 1);
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_file_index_the_data_is_the_same_and_nothing_is_listed() {
+    let srv = TestServer::start().await;
+    let mc = client(&srv.url());
+    let c = Client::h2(&srv.url(), Some(BACKUP_A));
+    let dir = tempfile::tempdir().unwrap();
+    let tree = tree_with_extras(dir.path(), "no-index\n");
+    let img = build(
+        dir.path(),
+        "noidx",
+        Layout::ext4(Table::Dos, 4096, 32, 4, 1),
+        &tree,
+    );
+    let mut restored = Vec::new();
+    for (source, indexed) in [("vm-indexed", true), ("vm-unindexed", false)] {
+        let mut o = opts(source, &img.path, &dir.path().join(source));
+        o.excludes = vec![("disk0".into(), "/var/cache/**".into())];
+        o.file_index = indexed;
+        let r = backup(&mc, &o).await.unwrap();
+        assert_eq!(r.files_indexed > 0, indexed, "{r:?}");
+        assert!(r.skipped_bytes["excluded"] > 0, "excludes apply: {r:?}");
+        let m = c.get(&format!("/v1/backups/{}", r.backup_id)).await.json();
+        // The manifest leaves `file_indexes` out when there are none.
+        let n = m["file_indexes"].as_array().map_or(0, Vec::len);
+        assert_eq!(n, usize::from(indexed), "{m}");
+        let l = c
+            .get(&format!("/v1/backups/{}/files?path=/etc", r.backup_id))
+            .await;
+        let want = if indexed {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        assert_eq!(l.status, want, "{:?}", l.body);
+        let to = dir.path().join(format!("{source}.raw"));
+        let m = source_mover::restore::resolve(&mc, &r.backup_id, None)
+            .await
+            .unwrap();
+        source_mover::restore::restore(&mc, &m, "disk0", Some(&to), 8, false)
+            .await
+            .unwrap();
+        restored.push((r.skipped_bytes, std::fs::read(&to).unwrap()));
+    }
+    assert_eq!(restored[0].0, restored[1].0, "the same bytes were dropped");
+    assert!(restored[0].1 == restored[1].1, "the same image comes back");
+    let s = c
+        .get("/v1/search?name=hostname&source=vm-unindexed")
+        .await
+        .json();
+    assert_eq!(s["total"], 0, "{s}");
+    srv.stop().await;
+}

@@ -27,6 +27,7 @@ fn opts(disk: &std::path::Path, state: &std::path::Path, streams: usize) -> Back
         streams,
         state_dir: state.to_owned(),
         progress: false,
+        file_index: true,
     }
 }
 
