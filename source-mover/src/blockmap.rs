@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::disk::Disk;
 use crate::error::Result;
-use crate::ext4::Ext4;
+use crate::ext4::{Ext4, FreeBlocks};
 use crate::partition::{self, Partition};
 use crate::ranges::Ranges;
 
@@ -103,12 +103,20 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
             format!("partition {}", p.number)
         };
         if let Some(fs) = Ext4::open(disk, p.start, p.len)? {
-            let f = fs.free_ranges()?;
+            let FreeBlocks {
+                ranges: f,
+                bad_bitmaps,
+            } = fs.free_ranges()?;
             let mut line = format!(
                 "{name}: ext2/3/4, {} KiB blocks, {} MiB free",
                 fs.block_size / 1024,
                 f.total() >> 20
             );
+            if bad_bitmaps > 0 {
+                line.push_str(&format!(
+                    ", {bad_bitmaps} block bitmaps failed their checksum (those groups read in full)"
+                ));
+            }
             free = free.union(&f);
             if !walk_now && excludes.is_empty() {
                 unindexed.push((p.number, p.start, p.len));

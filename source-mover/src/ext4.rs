@@ -13,6 +13,10 @@ const MAGIC: u16 = 0xEF53;
 const INCOMPAT_META_BG: u32 = 0x10;
 const INCOMPAT_64BIT: u32 = 0x80;
 const BG_BLOCK_UNINIT: u16 = 0x2;
+const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+/// Bitmap bits are clusters of blocks: this reader counts blocks, so it does not open these.
+const RO_COMPAT_BIGALLOC: u32 = 0x200;
+const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 /// Incompat features this reader understands (filetype, recover, journal dev excluded, meta_bg
 /// excluded, extents, 64bit, mmp, flex_bg, ea_inode, dirdata, csum_seed, largedir, inline_data,
 /// encrypt, casefold).
@@ -47,6 +51,44 @@ pub struct Ext4<'a> {
     groups: u64,
     reserved_gdt: u64,
     descs: Vec<u8>,
+    /// The seed of the file system's metadata checksums (`metadata_csum`), to check each block
+    /// bitmap before trusting it; `None` when the file system has no bitmap checksums.
+    csum_seed: Option<u32>,
+}
+
+/// The free blocks of a file system, as [`Ext4::free_ranges`] finds them.
+#[derive(Debug)]
+pub struct FreeBlocks {
+    /// Free blocks, as absolute byte ranges on the disk.
+    pub ranges: Ranges,
+    /// Groups whose block bitmap failed its checksum: none of their blocks counts as free.
+    pub bad_bitmaps: u64,
+}
+
+/// crc32c (Castagnoli) without the initial and final inversion, as ext4's `ext4_chksum` does.
+fn crc32c(crc: u32, data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0x82F6_3B78
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    };
+    data.iter().fold(crc, |c, &b| {
+        TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8)
+    })
 }
 
 fn le16(b: &[u8], at: usize) -> u64 {
@@ -75,6 +117,17 @@ impl<'a> Ext4<'a> {
         if incompat & !INCOMPAT_KNOWN != 0 || incompat & INCOMPAT_META_BG != 0 {
             return Ok(None);
         }
+        let ro_compat = le32(&sb, 100) as u32;
+        if ro_compat & RO_COMPAT_BIGALLOC != 0 {
+            return Ok(None);
+        }
+        let csum_seed = (ro_compat & RO_COMPAT_METADATA_CSUM != 0).then(|| {
+            if incompat & INCOMPAT_CSUM_SEED != 0 {
+                le32(&sb, 0x270) as u32
+            } else {
+                crc32c(!0, &sb[0x68..0x78])
+            }
+        });
         let log = le32(&sb, 24);
         if log > 6 {
             return Ok(None);
@@ -118,6 +171,7 @@ impl<'a> Ext4<'a> {
             groups,
             reserved_gdt,
             descs,
+            csum_seed,
         }))
     }
 
@@ -141,9 +195,12 @@ impl<'a> Ext4<'a> {
     /// blocks (superblock backup, descriptors, reserved descriptors) and the metadata of any
     /// group that lives in it, all of which are kept.
     ///
+    /// A bitmap that fails its checksum (`metadata_csum` file systems) is not trusted: its
+    /// group is kept whole, as the kernel refuses to allocate from it.
+    ///
     /// # Errors
     /// I/O errors.
-    pub fn free_ranges(&self) -> Result<Ranges> {
+    pub fn free_ranges(&self) -> Result<FreeBlocks> {
         let bs = self.block_size;
         let gdt_blocks = (self.groups * self.desc_size).div_ceil(bs);
         let itable_blocks = (self.inodes_per_group * self.inode_size).div_ceil(bs);
@@ -160,6 +217,7 @@ impl<'a> Ext4<'a> {
         let meta = Ranges::from_unsorted(meta);
         let mut free = Vec::new();
         let mut bitmap = vec![0u8; bs as usize];
+        let mut bad_bitmaps = 0;
         for g in 0..self.groups {
             let first = self.first_data_block + g * self.blocks_per_group;
             let count = self.blocks_per_group.min(self.blocks - first);
@@ -177,6 +235,10 @@ impl<'a> Ext4<'a> {
                 continue; // a descriptor we cannot trust: keep the whole group
             }
             self.disk.read_at(&mut bitmap, self.offset + bb * bs)?;
+            if !self.bitmap_sound(g, &bitmap) {
+                bad_bitmaps += 1;
+                continue; // keep the whole group
+            }
             let mut run: Option<u64> = None;
             for i in 0..count {
                 let used = bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0;
@@ -195,7 +257,27 @@ impl<'a> Ext4<'a> {
         }
         // Never drop the boot block and superblock, whatever a bitmap says.
         let blocks = Ranges::from_unsorted(free).subtract(&Ranges::single(0, 2048u64.div_ceil(bs)));
-        Ok(self.to_bytes(&blocks))
+        Ok(FreeBlocks {
+            ranges: self.to_bytes(&blocks),
+            bad_bitmaps,
+        })
+    }
+
+    /// Whether group `g`'s block bitmap matches the checksum in its descriptor (as the kernel's
+    /// `ext4_block_bitmap_csum_verify`: low 16 bits always, high 16 with 64-byte descriptors).
+    /// Without `metadata_csum` there is nothing to check.
+    fn bitmap_sound(&self, g: u64, bitmap: &[u8]) -> bool {
+        let Some(seed) = self.csum_seed else {
+            return true;
+        };
+        let bytes = ((self.blocks_per_group / 8) as usize).min(bitmap.len());
+        let c = crc32c(seed, &bitmap[..bytes]);
+        let d = self.desc(g);
+        if self.desc_size >= 64 {
+            c == (le16(d, 0x18) | le16(d, 0x38) << 16) as u32
+        } else {
+            c & 0xFFFF == le16(d, 0x18) as u32
+        }
     }
 
     /// Converts block ranges of this file system into absolute byte ranges on the disk.
@@ -443,5 +525,17 @@ impl Inode {
     }
     fn is_fast_symlink(&self) -> bool {
         self.mode() & 0xF000 == 0xA000 && self.size() < 60
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crc32c;
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        // CRC-32C of "123456789" with the usual inversions is 0xE3069283.
+        assert_eq!(!crc32c(!0, b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(7, b""), 7);
     }
 }

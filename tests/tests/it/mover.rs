@@ -457,3 +457,157 @@ async fn killed_mover_resumes_and_server_restart_is_survived() {
     assert!(std::fs::read(&restored).unwrap() == std::fs::read(&disk).unwrap());
     drop(srv);
 }
+
+/// The group (number, first block, block count, bitmap block) with the fewest free blocks whose
+/// bitmap is initialised, from `dumpe2fs`.
+fn fullest_group(fs_img: &Path) -> (u64, u64, u64, u64) {
+    let out = tests::images::run(
+        std::process::Command::new("dumpe2fs")
+            .arg(fs_img)
+            .stderr(std::process::Stdio::null()),
+    );
+    let mut groups = Vec::new();
+    let mut cur: Option<(u64, u64, u64, bool)> = None;
+    let mut bitmap = 0;
+    for l in out.lines() {
+        let t = l.trim();
+        if let Some((n, rest)) = t
+            .strip_prefix("Group ")
+            .and_then(|r| r.split_once(": (Blocks "))
+        {
+            let (range, _) = rest.split_once(')').unwrap();
+            let (a, b) = range.split_once('-').unwrap();
+            let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+            cur = Some((n.parse().unwrap(), a, b + 1 - a, t.contains("BLOCK_UNINIT")));
+        } else if let Some(rest) = t.strip_prefix("Block bitmap at ") {
+            bitmap = rest.split_whitespace().next().unwrap().parse().unwrap();
+        } else if t.contains(" free blocks, ") {
+            let free: u64 = t.split_whitespace().next().unwrap().parse().unwrap();
+            let (n, first, count, uninit) = cur.take().unwrap();
+            if !uninit {
+                groups.push((free, n, first, count, bitmap));
+            }
+        }
+    }
+    let (_, n, first, count, bitmap) = groups.into_iter().min().unwrap();
+    (n, first, count, bitmap)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_bitmap_failing_its_checksum_keeps_its_group() {
+    let srv = TestServer::start().await;
+    let c = client(&srv.url());
+    let dir = tempfile::tempdir().unwrap();
+    let tree = make_tree(dir.path());
+    let img = build(
+        dir.path(),
+        "badbitmap",
+        Layout::ext4(Table::Dos, 1024, 48, 4, 1),
+        &tree,
+    );
+    let fs_img = dir.path().join("source.ext4");
+    extract(&img.path, img.fs, &fs_img);
+    let (group, first, count, bitmap) = fullest_group(&fs_img);
+    let plan_of = || {
+        let disk = source_mover::disk::Disk::open(&img.path).unwrap();
+        source_mover::blockmap::plan(&disk, &[]).unwrap()
+    };
+    let pristine = plan_of();
+    assert!(
+        !pristine.found.iter().any(|f| f.contains("checksum")),
+        "a sound file system has no bad bitmaps: {:?}",
+        pristine.found
+    );
+    // Zero group `group`'s block bitmap: every block of it would look free.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.path)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 1024], img.fs.0 + bitmap * 1024).unwrap();
+    drop(f);
+    let plan = plan_of();
+    assert!(
+        plan.found
+            .iter()
+            .any(|f| f.contains("1 block bitmaps failed their checksum")),
+        "{:?}",
+        plan.found
+    );
+    let group_bytes = source_mover::ranges::Ranges::single(
+        img.fs.0 + first * 1024,
+        img.fs.0 + (first + count) * 1024,
+    );
+    let free = &plan.dropped["free"];
+    assert!(
+        free.intersect(&group_bytes).is_empty(),
+        "group {group}: nothing of it is dropped"
+    );
+    assert_eq!(
+        *free,
+        pristine.dropped["free"].subtract(&group_bytes),
+        "the other groups' free blocks are still dropped"
+    );
+    // Backed up and restored, every file of the tree is intact.
+    let r = backup(&c, &opts("vm-bitmap", &img.path, &dir.path().join("state")))
+        .await
+        .unwrap();
+    let out = dir.path().join("restored.raw");
+    restore_to(&c, &r.backup_id, &out).await;
+    let (src, got) = (
+        std::fs::read(&img.path).unwrap(),
+        std::fs::read(&out).unwrap(),
+    );
+    let (a, b) = group_bytes.as_slice()[0];
+    assert!(
+        src[a as usize..b as usize] == got[a as usize..b as usize],
+        "group {group} comes back byte for byte"
+    );
+    // debugfs refuses a file system whose bitmap fails its checksum unless told not to check.
+    let restored_fs = dir.path().join("restored.ext4");
+    extract(&out, img.fs, &restored_fs);
+    let rd = dir.path().join("rdump");
+    std::fs::create_dir_all(&rd).unwrap();
+    tests::images::run(
+        std::process::Command::new("debugfs")
+            .arg("-n")
+            .arg("-R")
+            .arg(format!("rdump / {}", rd.display()))
+            .arg(&restored_fs)
+            .stderr(std::process::Stdio::null()),
+    );
+    let mut files = images::tree_files(&rd);
+    files.retain(|p, _| !p.starts_with("lost+found"));
+    assert_eq!(files, images::tree_files(&img.tree), "every file is intact");
+}
+
+/// bigalloc's bitmaps count clusters, not blocks: the mover does not read them and drops
+/// nothing of such a file system (the same file system without bigalloc drops its free space).
+#[test]
+fn bigalloc_file_systems_are_read_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str], bool); 2] = [
+        ("plain", &[], true),
+        ("bigalloc", &["-O", "bigalloc", "-C", "65536"], false),
+    ];
+    for (name, extra, expect_free) in cases {
+        let img = dir.path().join(format!("{name}.ext4"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        tests::images::run(
+            Command::new("mke2fs")
+                .args(["-q", "-F", "-t", "ext4", "-b", "4096"])
+                .args(extra)
+                .arg(&img),
+        );
+        let disk = source_mover::disk::Disk::open(&img).unwrap();
+        let plan = source_mover::blockmap::plan(&disk, &[]).unwrap();
+        assert_eq!(
+            !plan.dropped["free"].is_empty(),
+            expect_free,
+            "{name}: {:?}",
+            plan.found
+        );
+    }
+}
