@@ -114,7 +114,7 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
             );
             if bad_bitmaps > 0 {
                 line.push_str(&format!(
-                    ", {bad_bitmaps} block bitmaps failed their checksum (those groups read in full)"
+                    ", {bad_bitmaps} block bitmaps or group descriptors failed their checksum (those groups read in full)"
                 ));
             }
             free = free.union(&f);

@@ -61,7 +61,8 @@ pub struct Ext4<'a> {
 pub struct FreeBlocks {
     /// Free blocks, as absolute byte ranges on the disk.
     pub ranges: Ranges,
-    /// Groups whose block bitmap failed its checksum: none of their blocks counts as free.
+    /// Groups whose block bitmap or group descriptor failed its checksum: none of their blocks
+    /// counts as free.
     pub bad_bitmaps: u64,
 }
 
@@ -195,8 +196,8 @@ impl<'a> Ext4<'a> {
     /// blocks (superblock backup, descriptors, reserved descriptors) and the metadata of any
     /// group that lives in it, all of which are kept.
     ///
-    /// A bitmap that fails its checksum (`metadata_csum` file systems) is not trusted: its
-    /// group is kept whole, as the kernel refuses to allocate from it.
+    /// A bitmap or group descriptor that fails its checksum (`metadata_csum` file systems) is
+    /// not trusted: its group is kept whole, as the kernel refuses to allocate from it.
     ///
     /// # Errors
     /// I/O errors.
@@ -221,6 +222,10 @@ impl<'a> Ext4<'a> {
         for g in 0..self.groups {
             let first = self.first_data_block + g * self.blocks_per_group;
             let count = self.blocks_per_group.min(self.blocks - first);
+            if !self.desc_sound(g) {
+                bad_bitmaps += 1;
+                continue; // its flags and bitmap location are not to be trusted: keep it whole
+            }
             let flags = le16(self.desc(g), 18) as u16;
             let bb = self.desc_block(g, 0, 0x20);
             if flags & BG_BLOCK_UNINIT != 0 {
@@ -261,6 +266,21 @@ impl<'a> Ext4<'a> {
             ranges: self.to_bytes(&blocks),
             bad_bitmaps,
         })
+    }
+
+    /// Whether group `g`'s descriptor matches its own checksum (`bg_checksum`, as the kernel's
+    /// `ext4_group_desc_csum` with `metadata_csum`: crc32c of the group number and the descriptor
+    /// with the checksum field as zeros, low 16 bits). Without `metadata_csum` nothing is checked.
+    fn desc_sound(&self, g: u64) -> bool {
+        let Some(seed) = self.csum_seed else {
+            return true;
+        };
+        let d = self.desc(g);
+        let c = crc32c(seed, &(g as u32).to_le_bytes());
+        let c = crc32c(c, &d[..0x1E]);
+        let c = crc32c(c, &[0, 0]);
+        let c = crc32c(c, &d[0x20..]);
+        c & 0xFFFF == le16(d, 0x1E) as u32
     }
 
     /// Whether group `g`'s block bitmap matches the checksum in its descriptor (as the kernel's

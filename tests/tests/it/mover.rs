@@ -499,85 +499,111 @@ async fn a_block_bitmap_failing_its_checksum_keeps_its_group() {
     let c = client(&srv.url());
     let dir = tempfile::tempdir().unwrap();
     let tree = make_tree(dir.path());
-    let img = build(
+    let built = build(
         dir.path(),
         "badbitmap",
         Layout::ext4(Table::Dos, 1024, 48, 4, 1),
         &tree,
     );
     let fs_img = dir.path().join("source.ext4");
-    extract(&img.path, img.fs, &fs_img);
+    extract(&built.path, built.fs, &fs_img);
     let (group, first, count, bitmap) = fullest_group(&fs_img);
-    let plan_of = || {
+    let desc_size: u64 = tests::images::run(Command::new("dumpe2fs").arg("-h").arg(&fs_img))
+        .lines()
+        .find_map(|l| l.strip_prefix("Group descriptor size:"))
+        .map_or(32, |v| v.trim().parse().unwrap());
+    let plan_of = |img: &Image| {
         let disk = source_mover::disk::Disk::open(&img.path).unwrap();
         source_mover::blockmap::plan(&disk, &[]).unwrap()
     };
-    let pristine = plan_of();
+    let pristine = plan_of(&built);
     assert!(
         !pristine.found.iter().any(|f| f.contains("checksum")),
         "a sound file system has no bad bitmaps: {:?}",
         pristine.found
     );
-    // Zero group `group`'s block bitmap: every block of it would look free.
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img.path)
-        .unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 1024], img.fs.0 + bitmap * 1024).unwrap();
-    drop(f);
-    let plan = plan_of();
-    assert!(
-        plan.found
-            .iter()
-            .any(|f| f.contains("1 block bitmaps failed their checksum")),
-        "{:?}",
-        plan.found
-    );
     let group_bytes = source_mover::ranges::Ranges::single(
-        img.fs.0 + first * 1024,
-        img.fs.0 + (first + count) * 1024,
+        built.fs.0 + first * 1024,
+        built.fs.0 + (first + count) * 1024,
     );
-    let free = &plan.dropped["free"];
-    assert!(
-        free.intersect(&group_bytes).is_empty(),
-        "group {group}: nothing of it is dropped"
-    );
-    assert_eq!(
-        *free,
-        pristine.dropped["free"].subtract(&group_bytes),
-        "the other groups' free blocks are still dropped"
-    );
-    // Backed up and restored, every file of the tree is intact.
-    let r = backup(&c, &opts("vm-bitmap", &img.path, &dir.path().join("state")))
+    // Two damages that would each make group `group` look free: a zeroed block bitmap, and a
+    // BLOCK_UNINIT flag in its descriptor (which would skip the bitmap altogether). 1 KiB
+    // blocks: the descriptors start at block 2.
+    let desc_flags = built.fs.0 + 2048 + group * desc_size + 18;
+    for (case, at, bytes) in [
+        ("bitmap", built.fs.0 + bitmap * 1024, vec![0u8; 1024]),
+        ("descriptor", desc_flags, vec![0x02, 0x00]),
+    ] {
+        let d = dir.path().join(case);
+        std::fs::create_dir_all(&d).unwrap();
+        let img = Image {
+            path: d.join("disk.raw"),
+            ..built.clone()
+        };
+        std::fs::copy(&built.path, &img.path).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img.path)
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &bytes, at).unwrap();
+        drop(f);
+        let plan = plan_of(&img);
+        assert!(
+            plan.found
+                .iter()
+                .any(|f| f.contains("1 block bitmaps or group descriptors failed their checksum")),
+            "{case}: {:?}",
+            plan.found
+        );
+        let free = &plan.dropped["free"];
+        assert!(
+            free.intersect(&group_bytes).is_empty(),
+            "{case}: nothing of group {group} is dropped"
+        );
+        assert_eq!(
+            *free,
+            pristine.dropped["free"].subtract(&group_bytes),
+            "{case}: the other groups' free blocks are still dropped"
+        );
+        // Backed up and restored, the group comes back byte for byte and every file is intact.
+        let r = backup(
+            &c,
+            &opts(&format!("vm-{case}"), &img.path, &d.join("state")),
+        )
         .await
         .unwrap();
-    let out = dir.path().join("restored.raw");
-    restore_to(&c, &r.backup_id, &out).await;
-    let (src, got) = (
-        std::fs::read(&img.path).unwrap(),
-        std::fs::read(&out).unwrap(),
-    );
-    let (a, b) = group_bytes.as_slice()[0];
-    assert!(
-        src[a as usize..b as usize] == got[a as usize..b as usize],
-        "group {group} comes back byte for byte"
-    );
-    // debugfs refuses a file system whose bitmap fails its checksum unless told not to check.
-    let restored_fs = dir.path().join("restored.ext4");
-    extract(&out, img.fs, &restored_fs);
-    let rd = dir.path().join("rdump");
-    std::fs::create_dir_all(&rd).unwrap();
-    tests::images::run(
-        std::process::Command::new("debugfs")
-            .arg("-n")
-            .arg("-R")
-            .arg(format!("rdump / {}", rd.display()))
-            .arg(&restored_fs)
-            .stderr(std::process::Stdio::null()),
-    );
-    let mut files = images::tree_files(&rd);
-    files.retain(|p, _| !p.starts_with("lost+found"));
-    assert_eq!(files, images::tree_files(&img.tree), "every file is intact");
+        let out = d.join("restored.raw");
+        restore_to(&c, &r.backup_id, &out).await;
+        let (src, got) = (
+            std::fs::read(&img.path).unwrap(),
+            std::fs::read(&out).unwrap(),
+        );
+        let (a, b) = group_bytes.as_slice()[0];
+        assert!(
+            src[a as usize..b as usize] == got[a as usize..b as usize],
+            "{case}: group {group} comes back byte for byte"
+        );
+        // debugfs refuses a file system that fails its checksums unless told not to check.
+        let restored_fs = d.join("restored.ext4");
+        extract(&out, img.fs, &restored_fs);
+        let rd = d.join("rdump");
+        std::fs::create_dir_all(&rd).unwrap();
+        tests::images::run(
+            Command::new("debugfs")
+                .arg("-n")
+                .arg("-R")
+                .arg(format!("rdump / {}", rd.display()))
+                .arg(&restored_fs)
+                .stderr(std::process::Stdio::null()),
+        );
+        let mut files = images::tree_files(&rd);
+        files.retain(|p, _| !p.starts_with("lost+found"));
+        assert_eq!(
+            files,
+            images::tree_files(&img.tree),
+            "{case}: every file is intact"
+        );
+    }
 }
 
 /// bigalloc's bitmaps count clusters, not blocks: the mover does not read them and drops
