@@ -247,6 +247,16 @@ impl Repository {
         disk: Option<&DiskName>,
         part: Option<u32>,
     ) -> Result<&'m FileIndexRef> {
+        if m.file_indexes.is_empty() {
+            return Err(Error::new(
+                ErrorCode::NotFound,
+                format!(
+                    "backup {} has no guest file index (it was made with --no-file-index, or its \
+                     disks hold no ext2/3/4 file system)",
+                    m.id
+                ),
+            ));
+        }
         m.file_indexes
             .iter()
             .find(|r| disk.is_none_or(|d| *d == r.disk) && part.is_none_or(|p| p == r.partition))

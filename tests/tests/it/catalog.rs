@@ -453,6 +453,10 @@ async fn without_a_file_index_the_data_is_the_same_and_nothing_is_listed() {
             StatusCode::NOT_FOUND
         };
         assert_eq!(l.status, want, "{:?}", l.body);
+        if !indexed {
+            let why = String::from_utf8_lossy(&l.body);
+            assert!(why.contains("--no-file-index"), "the 404 says why: {why}");
+        }
         let to = dir.path().join(format!("{source}.raw"));
         let m = source_mover::restore::resolve(&mc, &r.backup_id, None)
             .await
