@@ -151,10 +151,19 @@ async fn idle_sessions_expire_and_release_pins() {
     srv.stop().await;
 }
 
-#[tokio::test]
+/// SIGTERM with a client connected: the server stops accepting, drains for at most its drain
+/// timeout (3 s here) and exits 0. The wait allows for that timeout, so a slow drain on a loaded
+/// machine (the suite runs in parallel) cannot fail it, while a server that ignores the signal
+/// or exits otherwise still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = ChildServer::start(&dir.path().join("data"));
+    let srv = ChildServer::start_with(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        "[limits]\ndrain_timeout = \"3s\"\n",
+        &[],
+    );
     let c = Client::h2(&srv.url(), None);
     assert_eq!(c.get("/healthz").await.status, StatusCode::OK);
     // Wait off the runtime thread, so the client keeps running and sees the server's GOAWAY.
