@@ -32,7 +32,9 @@ echo "| step | wall s | mover CPU s | server CPU s | mover peak RSS MiB | bytes 
 echo "|---|---|---|---|---|---|"
 M=(--repo "$R" --token-file "$T" --source vm-bench --state-dir "$WORK/state" --json)
 step full "$BIN/source-mover" backup "${M[@]}" --disk "disk0=$DS/disk.raw" --base none
-step cbt-incremental "$BIN/source-mover" backup "${M[@]}" --disk "disk0=$DS/disk2.raw" --cbt "disk0=$DS/cbt.json"
+# The dataset's list has no base (make-dataset.sh cannot know the backup id): it counts from the full.
+jq --arg b "$(jq -r .backup_id "$WORK/full.json")" '. + {base: $b}' "$DS/cbt.json" > "$WORK/cbt.json"
+step cbt-incremental "$BIN/source-mover" backup "${M[@]}" --disk "disk0=$DS/disk2.raw" --cbt "disk0=$WORK/cbt.json"
 step restore "$BIN/source-mover" restore --repo "$R" --token-file "$T" --backup latest --source vm-bench --disk disk0 --to "$WORK/restored.raw" --json
 echo
 echo "repository on disk: $(du -sb "$WORK/repo" | cut -f1) bytes; server peak RSS $(awk '/VmHWM/{print int($2/1024)}' /proc/$SPID/status) MiB"

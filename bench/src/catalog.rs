@@ -42,8 +42,6 @@ pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> 
         bail!("mke2fs: {}", String::from_utf8_lossy(&out.stderr));
     }
     std::fs::remove_dir_all(&tree)?;
-    let cbt = work.join("cbt-empty.json");
-    std::fs::write(&cbt, r#"{"changed": []}"#)?;
     eprintln!(
         "catalog bench: {files} files in {dirs} directories, image {} MiB, built in {:.1} s",
         blocks_k / 1024,
@@ -65,9 +63,18 @@ pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> 
         )?;
         let mut commit_secs = Vec::new();
         let started = Instant::now();
+        // Each source's newest backup: its next incremental's empty changed-block list counts from it.
+        let mut latest: std::collections::BTreeMap<String, String> = Default::default();
         for b in 0..backups {
             let source = format!("vm-{:02}", b % 10);
             let first = b < 10;
+            let cbt = work.join(format!("cbt-{source}.json"));
+            if let Some(base) = latest.get(&source) {
+                std::fs::write(
+                    &cbt,
+                    serde_json::json!({"base": base, "changed": []}).to_string(),
+                )?;
+            }
             let opts = BackupOptions {
                 source: source.clone(),
                 disks: vec![("disk0".into(), img.clone())],
@@ -87,6 +94,7 @@ pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> 
             };
             let t = Instant::now();
             let r = backup(&client, &opts).await?;
+            latest.insert(source.clone(), r.backup_id.clone());
             if r.files_indexed < files as u64 {
                 bail!(
                     "backup {} indexed {} entries, fewer than the {files} files made",

@@ -243,6 +243,7 @@ fn ours(ds: &Path, work: &Path) -> Result<(Vec<Step>, f64)> {
     };
     let mut steps = Vec::new();
     let result = (|| -> Result<()> {
+        let mut full_id = String::new();
         for (i, (disk, extra)) in [
             ("disk.raw", vec!["--base", "none"]),
             ("disk2.raw", vec!["--cbt"]),
@@ -258,14 +259,20 @@ fn ours(ds: &Path, work: &Path) -> Result<(Vec<Step>, f64)> {
             c.arg("--disk")
                 .arg(format!("disk0={}", ds.join(disk).display()));
             if i == 1 {
-                c.arg(extra[0])
-                    .arg(format!("disk0={}", ds.join("cbt.json").display()));
+                // The dataset's list has no base: it counts from the full backup just made.
+                let list = work.join("cbt.json");
+                std::fs::copy(ds.join("cbt.json"), &list)?;
+                source_mover::cbt::set_base(&list, &full_id)?;
+                c.arg(extra[0]).arg(format!("disk0={}", list.display()));
             } else {
                 c.args(extra);
             }
             let cpu0 = proc_cpu(pid);
             let (wall, cpu, rss, out) = timed(&mut c, None)?;
             let v: serde_json::Value = serde_json::from_slice(&out)?;
+            if i == 0 {
+                full_id = v["backup_id"].as_str().context("backup id")?.to_owned();
+            }
             steps.push(Step {
                 wall,
                 cpu: cpu + proc_cpu(pid) - cpu0,

@@ -195,6 +195,14 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
         .await
         .map_err(|e| Error::Invalid(format!("planning failed: {e}")))??;
 
+    // Changed-block lists are read before anything is sent: one that cannot be used stops the
+    // run here.
+    let cbt: BTreeMap<String, crate::cbt::ChangedBlocks> = opts
+        .cbt
+        .iter()
+        .map(|(n, p)| Ok((n.clone(), crate::cbt::load(p)?)))
+        .collect::<Result<_>>()?;
+
     // Continue an interrupted run, or start a session.
     let key = journal::key(client.url(), &opts.source, &opts.disks);
     let mut resumed = false;
@@ -205,6 +213,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
             .await
         {
             Ok(st) if st.state == schema::api::SessionState::Open => {
+                check_cbt_bases(&cbt, j.base.as_deref())?;
                 eprintln!("source-mover: continuing interrupted session {}", j.session);
                 resumed = true;
                 journal = Some(j);
@@ -250,6 +259,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
                         .map(|m| m.id.to_string())
                 }
             };
+            check_cbt_bases(&cbt, base.as_deref())?;
             let s = random_session()?;
             let disks_json: Vec<_> = opts
                 .disks
@@ -314,10 +324,10 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     for (i, (name, _)) in opts.disks.iter().enumerate() {
         let nblocks = plans[i].size.div_ceil(bs);
         let all = Ranges::single(0, nblocks);
-        let w = match (opts.cbt.get(name), &base_index[i]) {
-            (Some(path), Some(base)) => {
-                let changed = crate::cbt::load(path)?;
-                let blocks: Vec<(u64, u64)> = changed
+        let w = match (cbt.get(name), &base_index[i]) {
+            (Some(list), Some(base)) => {
+                let blocks: Vec<(u64, u64)> = list
+                    .changed
                     .as_slice()
                     .iter()
                     .map(|&(a, b)| (a / bs, b.div_ceil(bs)))
@@ -503,40 +513,61 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     }
     *skipped.entry("zero".into()).or_default() += ctx.zero_bytes;
     *skipped.entry("unchanged".into()).or_default() += ctx.unchanged_read;
-    let (records, uploaded, sent, blocks) = (ctx.records, ctx.uploaded, ctx.sent, ctx.blocks);
 
-    // Commit.
-    let mut commit_disks = serde_json::Map::new();
-    for n in &names {
-        let entries = journal.disks.get(n).map(|s| s.entries).unwrap_or(0);
-        commit_disks.insert(
-            n.clone(),
-            json!({"entries": entries, "records_blake3": journal.records_blake3(n, entries)?}),
-        );
-    }
-    let read_bytes = progress.read.load(Ordering::Relaxed);
-    let paths: BTreeMap<&str, String> = opts
-        .disks
-        .iter()
-        .map(|(n, p)| (n.as_str(), p.display().to_string()))
-        .collect();
-    let body = json!({
-        "disks": commit_disks,
-        "metadata": {"mover": concat!("source-mover ", env!("CARGO_PKG_VERSION")), "paths": paths, "block_size": opts.block_size, "zstd_level": opts.zstd_level, "resumed": resumed},
-        "client_stats": {"read_bytes": read_bytes, "skipped_bytes": skipped},
-        "file_indexes": file_indexes,
-    });
-    let answer = client
-        .send_json(
-            Method::POST,
-            &format!("/v1/sessions/{session}/commit"),
-            &body,
-        )
-        .await?;
+    // Commit. A chunk the repository lost or found damaged since the base was made (verify
+    // marks it bad) is named in a `MISSING_CHUNKS` refusal: the blocks that reference it are
+    // read again from the disk and sent, and the commit is repeated.
+    let read_bytes = || progress.read.load(Ordering::Relaxed);
+    let mut rounds = 0;
+    let answer = loop {
+        let body = commit_body(
+            ctx.journal,
+            &names,
+            opts,
+            resumed,
+            read_bytes(),
+            &skipped,
+            &file_indexes,
+        )?;
+        let path = format!("/v1/sessions/{session}/commit");
+        match client.send_json(Method::POST, &path, &body).await {
+            Err(Error::Repo {
+                status: 422,
+                code,
+                detail,
+                message,
+            }) if code == "MISSING_CHUNKS" && rounds < HEAL_ROUNDS => {
+                rounds += 1;
+                let missing: HashSet<ChunkId> = detail
+                    .as_deref()
+                    .and_then(|d| d.get("chunks"))
+                    .and_then(|c| serde_json::from_value::<Vec<ChunkId>>(c.clone()).ok())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                let healed = heal(&mut ctx, &disks, &plans, &missing, bs).await?;
+                if healed == 0 {
+                    return Err(Error::Repo {
+                        status: 422,
+                        code,
+                        message: format!("{message} (none of them is a block of these disks, so the mover cannot send it again)"),
+                        detail,
+                    });
+                }
+                eprintln!(
+                    "source-mover: the repository lacks {} chunks this backup inherits from its base (lost or damaged since); read {healed} blocks again from the disks and sent them",
+                    missing.len()
+                );
+            }
+            r => break r?,
+        }
+    };
     let id = answer.json::<serde_json::Value>()?["backup_id"]
         .as_str()
         .unwrap_or("")
         .to_owned();
+    let read_bytes = read_bytes();
+    let (records, uploaded, sent, blocks) = (ctx.records, ctx.uploaded, ctx.sent, ctx.blocks);
     journal.remove();
     let mut r = report_from_manifest(client, &id, opts, &plans, resumed, started, skipped).await?;
     r.read_bytes = read_bytes;
@@ -547,6 +578,180 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     r.sent_bytes = sent;
     r.blocks = blocks;
     Ok(r)
+}
+
+/// How often a commit refused for `MISSING_CHUNKS` is healed and repeated (each round heals
+/// up to the 1,000 chunks a refusal lists).
+const HEAL_ROUNDS: usize = 64;
+
+/// The commit request: per disk the acknowledged record count and checksum, and the run's figures.
+fn commit_body(
+    journal: &Journal,
+    names: &[String],
+    opts: &BackupOptions,
+    resumed: bool,
+    read_bytes: u64,
+    skipped: &BTreeMap<String, u64>,
+    file_indexes: &[serde_json::Value],
+) -> Result<serde_json::Value> {
+    let mut commit_disks = serde_json::Map::new();
+    for n in names {
+        let entries = journal.disks.get(n).map(|s| s.entries).unwrap_or(0);
+        commit_disks.insert(
+            n.clone(),
+            json!({"entries": entries, "records_blake3": journal.records_blake3(n, entries)?}),
+        );
+    }
+    let paths: BTreeMap<&str, String> = opts
+        .disks
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.display().to_string()))
+        .collect();
+    Ok(json!({
+        "disks": commit_disks,
+        "metadata": {"mover": concat!("source-mover ", env!("CARGO_PKG_VERSION")), "paths": paths, "block_size": opts.block_size, "zstd_level": opts.zstd_level, "resumed": resumed},
+        "client_stats": {"read_bytes": read_bytes, "skipped_bytes": skipped},
+        "file_indexes": file_indexes,
+    }))
+}
+
+/// Reads again, hashes and sends every block whose chunk (this session's newest record for
+/// it, else the base's) is in `missing`, recording those whose content is no longer the
+/// chunk's; returns how many blocks it sent. The repository replaces a damaged chunk with a
+/// sound upload of it.
+async fn heal(
+    ctx: &mut Coordinator<'_>,
+    disks: &Arc<Vec<Disk>>,
+    plans: &Arc<Vec<DiskPlan>>,
+    missing: &HashSet<ChunkId>,
+    bs: u64,
+) -> Result<u64> {
+    let mut healed = 0;
+    for (d, name) in ctx.names.iter().enumerate() {
+        let nblocks = plans[d].size.div_ceil(bs);
+        let mut current: BTreeMap<u64, ChunkId> = BTreeMap::new();
+        if let Some(base) = &ctx.base_index[d] {
+            for (block, id) in base.iter().enumerate().take(nblocks as usize) {
+                if missing.contains(id) {
+                    current.insert(block as u64, *id);
+                }
+            }
+        }
+        let entries = ctx.journal.disks.get(name).map(|s| s.entries).unwrap_or(0);
+        for r in ctx.journal.records(name, entries)? {
+            if missing.contains(&r.id) {
+                current.insert(r.block, r.id);
+            } else {
+                current.remove(&r.block);
+            }
+        }
+        if current.is_empty() {
+            continue;
+        }
+        let blocks: Vec<(u64, ChunkId)> = current.into_iter().collect();
+        let (disks, plans) = (disks.clone(), plans.clone());
+        let items = tokio::task::spawn_blocking(move || -> Result<Vec<(ChunkId, Item)>> {
+            blocks
+                .into_iter()
+                .map(|(block, was)| Ok((was, read_block(&disks[d], &plans[d], d, block, bs)?)))
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("re-reading blocks failed: {e}")))??;
+        let mut recs = Vec::new();
+        for (was, mut it) in items {
+            ctx.progress.read.fetch_add(it.read, Ordering::Relaxed);
+            let data = it.data.take().unwrap_or_default();
+            let id = if data.iter().all(|&b| b == 0) {
+                ChunkId::HOLE
+            } else {
+                ChunkId::of(&data)
+            };
+            if !id.is_hole() {
+                let len = data.len();
+                let level = ctx.level;
+                let frame = tokio::task::spawn_blocking(move || zstd::bulk::compress(&data, level))
+                    .await
+                    .map_err(|e| Error::Invalid(e.to_string()))?
+                    .map_err(|e| {
+                        Error::io(format!("compressing block {} of disk {name}", it.block), e)
+                    })?;
+                ctx.sent += frame.len() as u64;
+                ctx.uploaded += 1;
+                ctx.client
+                    .put_chunk(ctx.session, &id, Bytes::from(frame), len)
+                    .await?;
+                ctx.known.insert(id);
+            }
+            if id != was {
+                recs.push(IndexRecord {
+                    block: it.block,
+                    id,
+                });
+            }
+            healed += 1;
+        }
+        ctx.records += recs.len() as u64;
+        append_records(ctx.client, ctx.session, ctx.journal, name, &recs).await?;
+        ctx.journal.save()?;
+    }
+    Ok(healed)
+}
+
+/// Appends `recs` to disk `name`'s records in the session after the journal's acknowledged
+/// ones, checks the count the repository then holds, and adds them to the journal's records
+/// (the caller saves the journal).
+async fn append_records(
+    client: &RepoClient,
+    session: &str,
+    journal: &mut Journal,
+    name: &str,
+    recs: &[IndexRecord],
+) -> Result<()> {
+    let state = journal.disks.entry(name.to_owned()).or_default();
+    let before = state.entries;
+    if recs.is_empty() {
+        return Ok(());
+    }
+    let body = IndexRecord::encode_all(recs);
+    let path = format!("/v1/sessions/{session}/disks/{name}/entries?start={before}");
+    let a = client
+        .send(
+            Method::PUT,
+            &path,
+            &[("content-type", "application/octet-stream")],
+            body.clone().into(),
+        )
+        .await?;
+    let held: u64 = a
+        .headers
+        .get("index-entries")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let expect = before + recs.len() as u64;
+    if held != expect {
+        return Err(Error::Invalid(format!(
+            "disk {name}: the repository holds {held} records, expected {expect}; the session is inconsistent"
+        )));
+    }
+    journal.append_records(name, before, &body)?;
+    if let Some(s) = journal.disks.get_mut(name) {
+        s.entries = expect;
+    }
+    Ok(())
+}
+
+/// Refuses changed-block lists that do not count from `base`, the backup this run builds on
+/// (a list from another base would silently leave out changes). Without a base the lists are
+/// not used: every block is read.
+fn check_cbt_bases(
+    cbt: &BTreeMap<String, crate::cbt::ChangedBlocks>,
+    base: Option<&str>,
+) -> Result<()> {
+    match base {
+        Some(b) => cbt.iter().try_for_each(|(disk, l)| l.check_base(disk, b)),
+        None => Ok(()),
+    }
 }
 
 /// Uploads each file system's index (JSON lines, cut into 1 MiB chunks) into the session and
@@ -823,40 +1028,9 @@ impl Coordinator<'_> {
             self.sent += n;
             self.progress.sent.fetch_add(n, Ordering::Relaxed);
         }
-        let name = p.name;
-        let state = self.journal.disks.entry(name.clone()).or_default();
-        let before = state.entries;
-        if !p.recs.is_empty() {
-            let body = IndexRecord::encode_all(&p.recs);
-            let path = format!(
-                "/v1/sessions/{}/disks/{name}/entries?start={before}",
-                self.session
-            );
-            let a = self
-                .client
-                .send(
-                    Method::PUT,
-                    &path,
-                    &[("content-type", "application/octet-stream")],
-                    body.clone().into(),
-                )
-                .await?;
-            let held: u64 = a
-                .headers
-                .get("index-entries")
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or(0);
-            let expect = before + p.recs.len() as u64;
-            if held != expect {
-                return Err(Error::Invalid(format!(
-                    "disk {name}: the repository holds {held} records, expected {expect}; the session is inconsistent"
-                )));
-            }
-            self.journal.append_records(&name, before, &body)?;
-            self.records += p.recs.len() as u64;
-        }
-        let state = self.journal.disks.entry(name).or_default();
-        state.entries = before + p.recs.len() as u64;
+        append_records(self.client, self.session, self.journal, &p.name, &p.recs).await?;
+        self.records += p.recs.len() as u64;
+        let state = self.journal.disks.entry(p.name).or_default();
         state.next_block = state.next_block.max(p.last_block);
         self.journal.save()
     }

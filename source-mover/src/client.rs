@@ -387,5 +387,9 @@ fn refusal(status: StatusCode, body: &[u8]) -> Error {
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
+        detail: v["error"]
+            .get("detail")
+            .filter(|d| !d.is_null())
+            .map(|d| Box::new(d.clone())),
     }
 }

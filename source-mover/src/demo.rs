@@ -245,7 +245,9 @@ fn check(source: &Path, restored: &Path, p1_offset: u64, dir: &Path, tag: &str) 
 
 /// Day 2 of the demo disk: changes files inside its ext4 partition image `p1` with
 /// `debugfs -w`, writes `disk2.raw` (disk.raw with the changed partition) and the changed-block
-/// list `cbt.json` (64 KiB extents that differ). Returns (disk2, cbt, changed bytes).
+/// list `cbt.json` (64 KiB extents that differ; without a `base`, like
+/// `shared/bench/make-dataset.sh`'s: add it with [`crate::cbt::set_base`] once the backup it
+/// counts from exists). Returns (disk2, cbt, changed bytes).
 ///
 /// # Errors
 /// A tool or file operation that fails.
@@ -397,10 +399,13 @@ pub async fn demo(dir: Option<PathBuf>) -> Result<()> {
 
     say("day 2: changing files inside the guest file system with debugfs -w, deriving the changed-block list");
     let (disk2, cbt, changed) = make_day_two(&dir, &disk, p1_off, &p1)?;
+    // The list counts from day 1's backup, as a hypervisor's tracking reset at that backup would.
+    crate::cbt::set_base(&cbt, &full.backup_id)?;
     println!(
-        "changed: {:.2} MB in 64 KiB extents ({})",
+        "changed: {:.2} MB in 64 KiB extents ({}, counting from backup {})",
         changed as f64 / 1e6,
-        cbt.display()
+        cbt.display(),
+        full.backup_id
     );
 
     say("day 2: CBT incremental backup");

@@ -22,6 +22,8 @@ pub enum Error {
         code: String,
         /// Its message.
         message: String,
+        /// The error's `detail` object, when it has one (`MISSING_CHUNKS` lists the chunks).
+        detail: Option<Box<serde_json::Value>>,
     },
     /// The repository could not be reached or the connection broke.
     #[error("cannot reach the repository at {url}: {message}")]
@@ -46,6 +48,11 @@ pub enum Error {
     /// Bad arguments or input files.
     #[error("{0}")]
     Invalid(String),
+    /// The command's input cannot be used as given (a changed-block list that names no base or
+    /// another base than the backup this one builds on): refused before anything is committed.
+    /// The binary exits with code 2 for it.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Result with [`Error`].

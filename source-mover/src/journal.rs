@@ -141,11 +141,31 @@ impl Journal {
         f.sync_all().map_err(io)
     }
 
+    /// The first `entries` acknowledged records of `disk`.
+    ///
+    /// # Errors
+    /// I/O errors, or a records file shorter than the journal says.
+    pub fn records(&self, disk: &str, entries: u64) -> Result<Vec<schema::IndexRecord>> {
+        let bytes = self.record_bytes(disk, entries)?;
+        schema::IndexRecord::decode_all(&bytes)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", self.records_path(disk).display())))
+    }
+
     /// blake3 of the first `entries` records of `disk`.
     ///
     /// # Errors
     /// I/O errors, or a records file shorter than the journal says.
     pub fn records_blake3(&self, disk: &str, entries: u64) -> Result<String> {
+        Ok(blake3::hash(&self.record_bytes(disk, entries)?)
+            .to_hex()
+            .to_string())
+    }
+
+    /// The bytes of the first `entries` records of `disk`.
+    ///
+    /// # Errors
+    /// I/O errors, or a records file shorter than the journal says.
+    fn record_bytes(&self, disk: &str, entries: u64) -> Result<Vec<u8>> {
         let p = self.records_path(disk);
         let bytes = match std::fs::read(&p) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && entries == 0 => Vec::new(),
@@ -158,7 +178,9 @@ impl Journal {
                 p.display()
             )));
         }
-        Ok(blake3::hash(&bytes[..n]).to_hex().to_string())
+        let mut bytes = bytes;
+        bytes.truncate(n);
+        Ok(bytes)
     }
 
     /// Removes the journal and its records files (after a commit).

@@ -66,7 +66,8 @@ struct BackupArgs {
     /// A disk: NAME=PATH (image file or block device). Repeatable.
     #[arg(long = "disk", required = true, value_parser = pair)]
     disks: Vec<(String, PathBuf)>,
-    /// Changed-block list of a disk: NAME=FILE ({"changed": [[offset, length], ...]}).
+    /// Changed-block list of a disk: NAME=FILE ({"base": "<backup id>", "changed": [[offset,
+    /// length], ...]}); refused (exit code 2) unless its base is the backup this one builds on.
     #[arg(long = "cbt", value_parser = pair)]
     cbt: Vec<(String, PathBuf)>,
     /// Base of an incremental: latest (of this source), none, or a backup id.
@@ -317,9 +318,33 @@ fn mb(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Exit codes: 0 done, 1 failed, 2 refused before anything was committed because the command's
+/// input cannot be used as given (clap's usage errors exit 2 as well).
+fn main() -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(Cli::parse())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            let refused = matches!(
+                e.downcast_ref::<source_mover::error::Error>(),
+                Some(source_mover::error::Error::Refused(_))
+            );
+            std::process::ExitCode::from(if refused { 2 } else { 1 })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.cmd {
         Cmd::Backup(a) => {

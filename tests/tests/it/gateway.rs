@@ -86,7 +86,11 @@ async fn full_and_cbt_incremental_through_the_gateway_restore_byte_for_byte() {
     std::fs::write(&img, &day2).unwrap();
     let cbt = dir.path().join("cbt.json");
     let list: Vec<[usize; 2]> = changed.iter().map(|&(o, l)| [o, l]).collect();
-    std::fs::write(&cbt, serde_json::json!({ "changed": list }).to_string()).unwrap();
+    std::fs::write(
+        &cbt,
+        serde_json::json!({ "base": full.backup_id, "changed": list }).to_string(),
+    )
+    .unwrap();
     o.cbt = [("disk0".to_string(), cbt)].into_iter().collect();
     let incr = backup(&mc, &o).await.unwrap();
     assert_eq!(incr.base.as_deref(), Some(full.backup_id.as_str()));

@@ -4,6 +4,7 @@
 
 mod campaign;
 mod catalog;
+mod chains;
 mod check;
 mod concurrency;
 mod crash;

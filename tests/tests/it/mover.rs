@@ -209,8 +209,9 @@ async fn excluded_directory_reads_as_zeros() {
     srv.stop().await;
 }
 
-/// Day 2: the file system changed with `debugfs -w`; returns (day-2 image, CBT file, changed ranges).
-fn day_two(dir: &Path, img: &Image) -> (Image, PathBuf, source_mover::ranges::Ranges) {
+/// Day 2: the file system changed with `debugfs -w`; returns (day-2 image, CBT file counting
+/// from backup `base`, changed ranges).
+fn day_two(dir: &Path, img: &Image, base: &str) -> (Image, PathBuf, source_mover::ranges::Ranges) {
     let fs = dir.join("day2.ext4");
     extract(&img.path, img.fs, &fs);
     std::fs::write(dir.join("new.bin"), noise(3 * MIB as usize, 77)).unwrap();
@@ -258,7 +259,11 @@ fn day_two(dir: &Path, img: &Image) -> (Image, PathBuf, source_mover::ranges::Ra
     }
     let cbt = dir.join("cbt.json");
     let list: Vec<[u64; 2]> = changed.iter().map(|&(s, e)| [s, e - s]).collect();
-    std::fs::write(&cbt, serde_json::json!({ "changed": list }).to_string()).unwrap();
+    std::fs::write(
+        &cbt,
+        serde_json::json!({ "base": base, "changed": list }).to_string(),
+    )
+    .unwrap();
     (
         Image {
             path,
@@ -285,7 +290,7 @@ async fn incrementals_with_and_without_cbt() {
     let full = backup(&c, &opts("vm-inc", &img.path, &dir.path().join("s")))
         .await
         .unwrap();
-    let (day2, cbt, changed) = day_two(dir.path(), &img);
+    let (day2, cbt, changed) = day_two(dir.path(), &img, &full.backup_id);
     let bs = MIB;
     let changed_blocks = source_mover::ranges::Ranges::from_unsorted(
         changed
