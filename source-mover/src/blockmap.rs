@@ -8,13 +8,14 @@
 //! - `hole`: holes of a sparse image file (never read; they are zeros anyway).
 //!
 //! Everything else is read: unknown partitions, gaps, unpartitioned space, file systems this
-//! reader does not understand.
+//! reader does not understand (among them a file system that needs recovery whose journal it
+//! cannot replay: its `found` line says "read in full" and why).
 
 use std::collections::BTreeMap;
 
 use crate::disk::Disk;
 use crate::error::Result;
-use crate::ext4::{Ext4, FreeBlocks};
+use crate::ext4::{Ext4, FreeBlocks, Opened};
 use crate::partition::{self, Partition};
 use crate::ranges::Ranges;
 
@@ -70,11 +71,11 @@ pub fn index_files(disk: &Disk, unindexed: &[(u32, u64, u64)]) -> Result<FileInd
     let t = std::time::Instant::now();
     let mut files = Vec::new();
     for &(number, start, len) in unindexed {
-        let fs = Ext4::open(disk, start, len)?.ok_or_else(|| {
-            crate::error::Error::Invalid(format!(
+        let Opened::Ext4(fs) = Ext4::open(disk, start, len)? else {
+            return Err(crate::error::Error::Invalid(format!(
                 "the ext2/3/4 file system at byte {start} is gone since the plan read it"
-            ))
-        })?;
+            )));
+        };
         files.push((number, crate::file_index::build(&fs, &[])?.entries));
     }
     Ok((files, t.elapsed().as_secs_f64()))
@@ -102,7 +103,10 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
         } else {
             format!("partition {}", p.number)
         };
-        if let Some(fs) = Ext4::open(disk, p.start, p.len)? {
+        let opened = Ext4::open(disk, p.start, p.len)?;
+        if let Opened::ReadInFull(why) = &opened {
+            found.push(format!("{name}: ext2/3/4, read in full: {why}"));
+        } else if let Opened::Ext4(fs) = opened {
             let FreeBlocks {
                 ranges: f,
                 bad_bitmaps,
@@ -112,6 +116,14 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
                 fs.block_size / 1024,
                 f.total() >> 20
             );
+            if let Some(r) = fs.replay() {
+                line.push_str(&format!(
+                    ", journal replayed in memory ({} transaction{}, {} blocks)",
+                    r.transactions,
+                    if r.transactions == 1 { "" } else { "s" },
+                    r.blocks()
+                ));
+            }
             if bad_bitmaps > 0 {
                 line.push_str(&format!(
                     ", {bad_bitmaps} block bitmaps or group descriptors failed their checksum (those groups read in full)"

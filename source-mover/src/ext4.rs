@@ -1,15 +1,23 @@
 //! ext2/3/4 on-disk structures, read-only: the superblock, group descriptors and block bitmaps
 //! (which blocks are free), and the inode and directory walk used to find excluded files.
 //!
+//! A file system that needs recovery (a crash-consistent snapshot of a running guest) is read as
+//! a journal replay would leave it: every metadata read (superblock, group descriptors, bitmaps,
+//! inodes, extent and indirect blocks, directories) goes through [`Ext4::read_block`], which
+//! takes the newest committed copy from the journal ([`crate::jbd2`]) when there is one.
+//!
 //! Anything unexpected (a feature we do not understand, a descriptor pointing outside the file
-//! system) makes [`Ext4::open`] return `None` or a walk skip the entry, so the caller reads more,
-//! never less: a wrong guess here must never drop data.
+//! system) makes [`Ext4::open`] answer [`Opened::NotExt4`] or [`Opened::ReadInFull`], or a walk
+//! skip the entry, so the caller reads more, never less: a wrong guess here must never drop data.
 
 use crate::disk::Disk;
 use crate::error::Result;
+use crate::jbd2::{Journal, Replay};
 use crate::ranges::Ranges;
 
 const MAGIC: u16 = 0xEF53;
+const COMPAT_HAS_JOURNAL: u32 = 0x4;
+const INCOMPAT_RECOVER: u32 = 0x4;
 const INCOMPAT_META_BG: u32 = 0x10;
 const INCOMPAT_64BIT: u32 = 0x80;
 const BG_BLOCK_UNINIT: u16 = 0x2;
@@ -54,6 +62,26 @@ pub struct Ext4<'a> {
     /// The seed of the file system's metadata checksums (`metadata_csum`), to check each block
     /// bitmap before trusting it; `None` when the file system has no bitmap checksums.
     csum_seed: Option<u32>,
+    compat: u32,
+    incompat: u32,
+    journal_inum: u64,
+    /// The journal replay every metadata read goes through; `None`: the disk as it is.
+    replay: Option<Replay>,
+    /// With a replay: the same file system as on disk, before the replay. A block counts as
+    /// free only if both views call it free.
+    on_disk: Option<Box<Ext4<'a>>>,
+}
+
+/// What [`Ext4::open`] finds in a partition.
+#[derive(Debug)]
+pub enum Opened<'a> {
+    /// No ext2/3/4 file system, or one with features this reader does not understand.
+    NotExt4,
+    /// A file system, as a journal replay would leave it when it needs recovery.
+    Ext4(Ext4<'a>),
+    /// An ext2/3/4 file system that needs recovery whose journal this reader does not
+    /// understand: it must be read in full. The reason, for the plan.
+    ReadInFull(String),
 }
 
 /// The free blocks of a file system, as [`Ext4::free_ranges`] finds them.
@@ -66,8 +94,9 @@ pub struct FreeBlocks {
     pub bad_bitmaps: u64,
 }
 
-/// crc32c (Castagnoli) without the initial and final inversion, as ext4's `ext4_chksum` does.
-fn crc32c(crc: u32, data: &[u8]) -> u32 {
+/// crc32c (Castagnoli) without the initial and final inversion, as ext4's `ext4_chksum` and
+/// jbd2's `jbd2_chksum` do.
+pub(crate) fn crc32c(crc: u32, data: &[u8]) -> u32 {
     const TABLE: [u32; 256] = {
         let mut t = [0u32; 256];
         let mut i = 0;
@@ -100,17 +129,57 @@ fn le32(b: &[u8], at: usize) -> u64 {
 }
 
 impl<'a> Ext4<'a> {
-    /// Recognises a file system at `offset` (`len` bytes long); `None` when there is none or it
-    /// uses features this reader does not understand.
+    /// Recognises a file system at `offset` (`len` bytes long). One that needs recovery is
+    /// opened through an in-memory replay of its journal, or reported as one to read in full
+    /// when the journal is not understood.
     ///
     /// # Errors
     /// I/O errors.
-    pub fn open(disk: &'a Disk, offset: u64, len: u64) -> Result<Option<Ext4<'a>>> {
+    pub fn open(disk: &'a Disk, offset: u64, len: u64) -> Result<Opened<'a>> {
+        let Some(on_disk) = Self::open_view(disk, offset, len, None)? else {
+            return Ok(Opened::NotExt4);
+        };
+        if on_disk.incompat & INCOMPAT_RECOVER == 0 {
+            return Ok(Opened::Ext4(on_disk));
+        }
+        if on_disk.compat & COMPAT_HAS_JOURNAL == 0 {
+            return Ok(Opened::ReadInFull(
+                "needs recovery but has no journal".into(),
+            ));
+        }
+        let replay = match Replay::scan(&on_disk)? {
+            Journal::Empty => return Ok(Opened::Ext4(on_disk)),
+            Journal::NotUnderstood(why) => {
+                return Ok(Opened::ReadInFull(format!("journal not replayed: {why}")))
+            }
+            Journal::Replay(r) => r,
+        };
+        match Self::open_view(disk, offset, len, Some(replay))? {
+            Some(mut fs) if fs.block_size == on_disk.block_size => {
+                fs.on_disk = Some(Box::new(on_disk));
+                Ok(Opened::Ext4(fs))
+            }
+            _ => Ok(Opened::ReadInFull(
+                "the superblock in the journal is not one this reader understands".into(),
+            )),
+        }
+    }
+
+    /// The file system at `offset`, read through `replay` (with its block size) when given.
+    fn open_view(
+        disk: &'a Disk,
+        offset: u64,
+        len: u64,
+        replay: Option<Replay>,
+    ) -> Result<Option<Ext4<'a>>> {
         if len < 2048 {
             return Ok(None);
         }
         let mut sb = vec![0u8; 1024];
-        disk.read_at(&mut sb, offset + 1024)?;
+        match &replay {
+            Some(r) => read_through(disk, offset, r.block_size, Some(r), 1024, &mut sb)?,
+            None => disk.read_at(&mut sb, offset + 1024)?,
+        }
         if le16(&sb, 56) as u16 != MAGIC {
             return Ok(None);
         }
@@ -157,7 +226,14 @@ impl<'a> Ext4<'a> {
             return Ok(None);
         }
         let mut descs = vec![0u8; gdt_bytes as usize];
-        disk.read_at(&mut descs, gdt_at)?;
+        read_through(
+            disk,
+            offset,
+            block_size,
+            replay.as_ref(),
+            gdt_at - offset,
+            &mut descs,
+        )?;
         let reserved_gdt = le16(&sb, 206);
         Ok(Some(Ext4 {
             disk,
@@ -173,7 +249,45 @@ impl<'a> Ext4<'a> {
             reserved_gdt,
             descs,
             csum_seed,
+            compat: le32(&sb, 92) as u32,
+            incompat,
+            journal_inum: le32(&sb, 0xE0),
+            replay,
+            on_disk: None,
         }))
+    }
+
+    /// The journal replay this view reads through, if the file system needed one.
+    pub fn replay(&self) -> Option<&Replay> {
+        self.replay.as_ref()
+    }
+
+    /// Blocks in the file system.
+    pub(crate) fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// The inode of an internal journal (`s_journal_inum`); `None` for an external one.
+    pub(crate) fn journal_inode(&self) -> Option<u64> {
+        (self.journal_inum != 0).then_some(self.journal_inum)
+    }
+
+    /// Reads block `b` as it is on the disk, whatever the journal holds.
+    pub(crate) fn read_raw_block(&self, b: u64, buf: &mut [u8]) -> Result<()> {
+        self.disk.read_at(buf, self.offset + b * self.block_size)
+    }
+
+    /// Reads `buf.len()` bytes of metadata from byte `within` of block `b` onwards, as a
+    /// journal replay would leave them.
+    fn read_block(&self, b: u64, within: u64, buf: &mut [u8]) -> Result<()> {
+        read_through(
+            self.disk,
+            self.offset,
+            self.block_size,
+            self.replay.as_ref(),
+            b * self.block_size + within,
+            buf,
+        )
     }
 
     fn desc(&self, g: u64) -> &[u8] {
@@ -199,9 +313,29 @@ impl<'a> Ext4<'a> {
     /// A bitmap or group descriptor that fails its checksum (`metadata_csum` file systems) is
     /// not trusted: its group is kept whole, as the kernel refuses to allocate from it.
     ///
+    /// A file system read through its journal counts a block as free only if it is free both
+    /// as replayed and as on disk.
+    ///
     /// # Errors
     /// I/O errors.
     pub fn free_ranges(&self) -> Result<FreeBlocks> {
+        let (mut blocks, mut bad) = self.free_blocks()?;
+        if let Some(on_disk) = &self.on_disk {
+            let (theirs, bad_on_disk) = on_disk.free_blocks()?;
+            blocks = blocks.intersect(&theirs);
+            bad.extend(bad_on_disk);
+            bad.sort_unstable();
+            bad.dedup();
+        }
+        Ok(FreeBlocks {
+            ranges: self.to_bytes(&blocks),
+            bad_bitmaps: bad.len() as u64,
+        })
+    }
+
+    /// This view's free blocks (block numbers) and the groups kept whole because their bitmap
+    /// or descriptor failed its checksum.
+    fn free_blocks(&self) -> Result<(Ranges, Vec<u64>)> {
         let bs = self.block_size;
         let gdt_blocks = (self.groups * self.desc_size).div_ceil(bs);
         let itable_blocks = (self.inodes_per_group * self.inode_size).div_ceil(bs);
@@ -218,12 +352,12 @@ impl<'a> Ext4<'a> {
         let meta = Ranges::from_unsorted(meta);
         let mut free = Vec::new();
         let mut bitmap = vec![0u8; bs as usize];
-        let mut bad_bitmaps = 0;
+        let mut bad = Vec::new();
         for g in 0..self.groups {
             let first = self.first_data_block + g * self.blocks_per_group;
             let count = self.blocks_per_group.min(self.blocks - first);
             if !self.desc_sound(g) {
-                bad_bitmaps += 1;
+                bad.push(g);
                 continue; // its flags and bitmap location are not to be trusted: keep it whole
             }
             let flags = le16(self.desc(g), 18) as u16;
@@ -239,9 +373,9 @@ impl<'a> Ext4<'a> {
             if bb >= self.blocks {
                 continue; // a descriptor we cannot trust: keep the whole group
             }
-            self.disk.read_at(&mut bitmap, self.offset + bb * bs)?;
+            self.read_block(bb, 0, &mut bitmap)?;
             if !self.bitmap_sound(g, &bitmap) {
-                bad_bitmaps += 1;
+                bad.push(g);
                 continue; // keep the whole group
             }
             let mut run: Option<u64> = None;
@@ -262,10 +396,7 @@ impl<'a> Ext4<'a> {
         }
         // Never drop the boot block and superblock, whatever a bitmap says.
         let blocks = Ranges::from_unsorted(free).subtract(&Ranges::single(0, 2048u64.div_ceil(bs)));
-        Ok(FreeBlocks {
-            ranges: self.to_bytes(&blocks),
-            bad_bitmaps,
-        })
+        Ok((blocks, bad))
     }
 
     /// Whether group `g`'s descriptor matches its own checksum (`bg_checksum`, as the kernel's
@@ -327,10 +458,8 @@ impl<'a> Ext4<'a> {
             return Ok(None);
         }
         let mut raw = vec![0u8; self.inode_size.min(160) as usize];
-        self.disk.read_at(
-            &mut raw,
-            self.offset + table * self.block_size + idx * self.inode_size,
-        )?;
+        let at = idx * self.inode_size;
+        self.read_block(table + at / self.block_size, at % self.block_size, &mut raw)?;
         Ok(Some(Inode { raw }))
     }
 
@@ -402,8 +531,7 @@ impl<'a> Ext4<'a> {
                 }
                 meta.push(leaf);
                 let mut buf = vec![0u8; self.block_size as usize];
-                self.disk
-                    .read_at(&mut buf, self.offset + leaf * self.block_size)?;
+                self.read_block(leaf, 0, &mut buf)?;
                 self.extent_node(&buf, depth_guard + 1, with_unwritten, data, meta)?;
             }
         }
@@ -441,8 +569,7 @@ impl<'a> Ext4<'a> {
         meta.push(block);
         let per = self.block_size / 4;
         let mut buf = vec![0u8; self.block_size as usize];
-        self.disk
-            .read_at(&mut buf, self.offset + block * self.block_size)?;
+        self.read_block(block, 0, &mut buf)?;
         let span = per.pow(level - 1);
         for i in 0..per {
             let b = le32(&buf, (i * 4) as usize);
@@ -468,8 +595,7 @@ impl<'a> Ext4<'a> {
         let mut buf = vec![0u8; self.block_size as usize];
         for (_, phys, len) in runs {
             for b in phys..phys + len {
-                self.disk
-                    .read_at(&mut buf, self.offset + b * self.block_size)?;
+                self.read_block(b, 0, &mut buf)?;
                 let mut at = 0usize;
                 while at + 8 <= buf.len() {
                     let ino = le32(&buf, at);
@@ -487,6 +613,46 @@ impl<'a> Ext4<'a> {
         }
         Ok(out)
     }
+}
+
+/// Reads `buf.len()` bytes at byte `at` of the file system at `offset` (blocks of `bs` bytes),
+/// each block from its newest committed copy in the journal when `replay` has one (with the
+/// escaped magic put back), else from its home.
+fn read_through(
+    disk: &Disk,
+    offset: u64,
+    bs: u64,
+    replay: Option<&Replay>,
+    at: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    let Some(replay) = replay else {
+        return disk.read_at(buf, offset + at);
+    };
+    let mut done = 0usize;
+    while done < buf.len() {
+        let pos = at + done as u64;
+        let (b, within) = (pos / bs, pos % bs);
+        let n = ((bs - within) as usize).min(buf.len() - done);
+        let piece = &mut buf[done..done + n];
+        match replay.copy_of(b) {
+            Some(copy) => {
+                disk.read_at(piece, offset + copy.at * bs + within)?;
+                if copy.escaped {
+                    for (i, m) in crate::jbd2::ESCAPED_MAGIC.iter().enumerate() {
+                        if let Some(k) = (i as u64).checked_sub(within) {
+                            if let Some(byte) = piece.get_mut(k as usize) {
+                                *byte = *m;
+                            }
+                        }
+                    }
+                }
+            }
+            None => disk.read_at(piece, offset + pos)?,
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 /// A run of file blocks: (first logical block, first physical block, count).
@@ -550,7 +716,50 @@ impl Inode {
 
 #[cfg(test)]
 mod tests {
-    use super::crc32c;
+    use super::{crc32c, read_through};
+    use crate::disk::Disk;
+    use crate::jbd2::{Location, Replay, ESCAPED_MAGIC};
+
+    #[test]
+    fn reads_go_through_the_newest_copy_and_restore_escaped_magic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("disk");
+        // Eight blocks of 1 KiB, block i filled with byte i; blocks 5 and 6 are "journal copies".
+        let img: Vec<u8> = (0..8u8).flat_map(|i| vec![i; 1024]).collect();
+        std::fs::write(&path, &img).expect("write");
+        let disk = Disk::open(&path).expect("open");
+        let replay = Replay::with_copies(
+            1024,
+            &[
+                (
+                    2,
+                    Location {
+                        at: 5,
+                        escaped: false,
+                    },
+                ),
+                (
+                    3,
+                    Location {
+                        at: 6,
+                        escaped: true,
+                    },
+                ),
+            ],
+        );
+        // Blocks 1..4 from byte 2 of block 1 on: home, copy, escaped copy, home.
+        let mut buf = vec![0u8; 3 * 1024];
+        read_through(&disk, 0, 1024, Some(&replay), 1024 + 2, &mut buf).expect("read");
+        assert!(buf[..1022].iter().all(|&b| b == 1));
+        assert!(buf[1022..2046].iter().all(|&b| b == 5));
+        assert_eq!(buf[2046..2050], ESCAPED_MAGIC);
+        assert!(buf[2050..3070].iter().all(|&b| b == 6));
+        assert!(buf[3070..].iter().all(|&b| b == 4));
+        // A read starting inside the escaped bytes gets the rest of the magic.
+        let mut part = [0u8; 4];
+        read_through(&disk, 0, 1024, Some(&replay), 3 * 1024 + 2, &mut part).expect("read");
+        assert_eq!(part, [ESCAPED_MAGIC[2], ESCAPED_MAGIC[3], 6, 6]);
+    }
 
     #[test]
     fn crc32c_matches_the_standard_check_value() {

@@ -146,6 +146,25 @@ pub fn build(dir: &Path, name: &str, l: Layout, tree: &Path) -> Image {
         ])
         .arg(tree)
         .arg(&fs_img));
+    assemble(dir, name, table, logical, &fs_img, swap_mib, tail_mib, tree)
+}
+
+/// Builds a disk around an existing file-system image: 1 MiB gap, `fs_img` in a Linux
+/// partition of its size, swap (`swap_mib`) with 4 MiB of dirty pages, then `tail_mib`
+/// unpartitioned; `logical` (MBR only) puts both inside an extended partition. `tree` is
+/// recorded as the image's [`Image::tree`].
+#[allow(clippy::too_many_arguments)]
+pub fn assemble(
+    dir: &Path,
+    name: &str,
+    table: Table,
+    logical: bool,
+    fs_img: &Path,
+    swap_mib: u64,
+    tail_mib: u64,
+    tree: &Path,
+) -> Image {
+    let fs_mib = std::fs::metadata(fs_img).unwrap().len().div_ceil(MIB);
     let swap_img = dir.join(format!("{name}.swap"));
     std::fs::File::create(&swap_img)
         .unwrap()
@@ -213,7 +232,7 @@ pub fn build(dir: &Path, name: &str, l: Layout, tree: &Path) -> Image {
     let fs = find(&["83", "0FC63DAF-8483-4772-8E79-3D69D8477DE4"]);
     let swap = find(&["82", "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"]);
     let disk = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    for (img, off) in [(&fs_img, fs.0), (&swap_img, swap.0)] {
+    for (img, off) in [(fs_img, fs.0), (swap_img.as_path(), swap.0)] {
         let data = std::fs::read(img).unwrap();
         for (i, c) in data.chunks(64 << 10).enumerate() {
             if c.iter().any(|&b| b != 0) {
@@ -311,4 +330,199 @@ pub fn rdump(fs_img: &Path, out: &Path) -> BTreeMap<PathBuf, String> {
     let mut files = tree_files(out);
     files.retain(|p, _| !p.starts_with("lost+found"));
     files
+}
+
+/// The parts of a crash-consistent ext4 snapshot, made as `../shared/recipes/crash-consistent-ext4.md`
+/// shows: yesterday's file system with today's new files' data blocks already at home (written
+/// in data=ordered mode before their metadata), and today's metadata blocks, still to be
+/// written as journal transactions with [`debugfs_script`].
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Yesterday's file system with the new files' data at home (the recipe's `c.img` before
+    /// the journal is written).
+    pub fs_img: PathBuf,
+    /// Today's file system, fully written (the recipe's `b.img`).
+    pub today: PathBuf,
+    /// Host copies of the new files, at their guest paths under this directory.
+    pub tree: PathBuf,
+    /// The new files' guest paths.
+    pub files: Vec<String>,
+    /// Data blocks of the new files.
+    pub data_blocks: Vec<u64>,
+    /// The other blocks that differ between yesterday and today, block 0 excepted (bitmaps,
+    /// group descriptors, inode tables, directories), in block order.
+    pub meta_blocks: Vec<u64>,
+    /// Today's contents of `meta_blocks`, one block after another (for `jw -b`).
+    pub meta_file: PathBuf,
+}
+
+impl Snapshot {
+    /// `meta_blocks` as `jw -b` takes them.
+    pub fn meta_list(&self) -> String {
+        let list: Vec<String> = self.meta_blocks.iter().map(u64::to_string).collect();
+        list.join(",")
+    }
+}
+
+/// Makes the parts of a crash-consistent snapshot in `dir`: a 96 MiB file system with 4 KiB
+/// blocks (`mkfs`: the `mke2fs` arguments besides those, `-t ext4` and the like) holding the
+/// directories `yesterday`; today, the
+/// directories `new_dirs` and the files `new_files` (guest path, size; random content) are
+/// written with `debugfs -w`.
+pub fn crash_snapshot(
+    dir: &Path,
+    mkfs: &[&str],
+    yesterday: &[&str],
+    new_dirs: &[&str],
+    new_files: &[(&str, usize)],
+) -> Snapshot {
+    const BS: usize = 4096;
+    std::fs::create_dir_all(dir).unwrap();
+    let a = dir.join("yesterday.ext4");
+    std::fs::File::create(&a)
+        .unwrap()
+        .set_len(96 * MIB)
+        .unwrap();
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-b", "4096"])
+        .args(mkfs)
+        .arg(&a));
+    let mkdirs = |img: &Path, dirs: &[&str]| {
+        if !dirs.is_empty() {
+            let script: String = dirs.iter().map(|d| format!("mkdir {d}\n")).collect();
+            debugfs_script(img, &script);
+        }
+    };
+    mkdirs(&a, yesterday);
+    let b = dir.join("today.ext4");
+    std::fs::copy(&a, &b).unwrap();
+    mkdirs(&b, new_dirs);
+    let tree = dir.join("new-files");
+    let mut script = String::new();
+    for (i, (path, size)) in new_files.iter().enumerate() {
+        let host = tree.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+        std::fs::write(&host, noise(*size, 500 + i as u64)).unwrap();
+        script.push_str(&format!("write {} {path}\n", host.display()));
+    }
+    debugfs_script(&b, &script);
+    let mut data_blocks = Vec::new();
+    for (path, _) in new_files {
+        let out = run(Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("blocks {path}"))
+            .arg(&b)
+            .stderr(Stdio::null()));
+        data_blocks.extend(out.split_whitespace().map(|w| w.parse::<u64>().unwrap()));
+    }
+    data_blocks.sort_unstable();
+    let (old, new) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let mut at_home = old.clone();
+    let (mut meta_blocks, mut meta) = (Vec::new(), Vec::new());
+    for (i, (x, y)) in old.chunks(BS).zip(new.chunks(BS)).enumerate() {
+        if x == y {
+            continue;
+        }
+        if data_blocks.binary_search(&(i as u64)).is_ok() {
+            at_home[i * BS..(i + 1) * BS].copy_from_slice(y);
+        } else if i != 0 {
+            meta_blocks.push(i as u64);
+            meta.extend_from_slice(y);
+        }
+    }
+    let fs_img = dir.join("snapshot.ext4");
+    std::fs::write(&fs_img, at_home).unwrap();
+    let meta_file = dir.join("meta.bin");
+    std::fs::write(&meta_file, meta).unwrap();
+    Snapshot {
+        fs_img,
+        today: b,
+        tree,
+        files: new_files.iter().map(|(p, _)| (*p).to_owned()).collect(),
+        data_blocks,
+        meta_blocks,
+        meta_file,
+    }
+}
+
+/// Runs a `debugfs -w -f -` script on `img` (file writes, `mkdir`, the journal commands `jo`,
+/// `jw`, `jc`), panicking on any error it prints; returns its output.
+pub fn debugfs_script(img: &Path, script: &str) -> String {
+    let mut child = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg("-")
+        .arg(img)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.contains("while ") && !text.contains("not open"),
+        "debugfs -w {}: {script}\n{text}",
+        img.display()
+    );
+    text
+}
+
+/// The file-system block that holds block `n` of the journal (inode 8).
+pub fn journal_block(img: &Path, n: u64) -> u64 {
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("bmap <8> {n}"))
+        .arg(img)
+        .stderr(Stdio::null()))
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// `e2fsck -fy`: recovers the journal and repairs; panics unless it ends with a consistent file
+/// system (exit status 0 or 1). Returns its output.
+pub fn fsck_repair(fs_img: &Path) -> String {
+    let out = Command::new("e2fsck")
+        .arg("-fy")
+        .arg(fs_img)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "e2fsck -fy {}: {text}",
+        fs_img.display()
+    );
+    text
+}
+
+/// One file of an ext4 image, as `debugfs -R "dump PATH OUT"` reads it; `None` if absent.
+pub fn dump(fs_img: &Path, path: &str, out: &Path) -> Option<Vec<u8>> {
+    let _ = std::fs::remove_file(out);
+    let o = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump {path} {}", out.display()))
+        .arg(fs_img)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "debugfs dump {path}");
+    if String::from_utf8_lossy(&o.stderr).contains("File not found") {
+        return None;
+    }
+    std::fs::read(out).ok()
 }

@@ -11,6 +11,7 @@ mod crash;
 mod gateway;
 mod gc_scale;
 mod hostile;
+mod journal;
 mod lifecycle;
 mod limits;
 mod mover;

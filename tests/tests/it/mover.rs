@@ -15,7 +15,8 @@ use tests::{ChildServer, TestServer, BACKUP_A};
 
 const MIB: u64 = 1 << 20;
 
-async fn restore_to(c: &RepoClient, id: &str, out: &Path) {
+/// Restores `disk0` of backup `id` into the file `out`.
+pub(crate) async fn restore_to(c: &RepoClient, id: &str, out: &Path) {
     let m = resolve(c, id, None).await.unwrap();
     restore(c, &m, "disk0", Some(out), 8, false).await.unwrap();
 }
