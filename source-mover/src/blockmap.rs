@@ -145,6 +145,12 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
                     walk.excluded_files,
                     ex.total() >> 20
                 ));
+                if walk.unverified_files > 0 {
+                    line.push_str(&format!(
+                        ", {} excluded files read all the same (their inode or an extent block failed its checksum)",
+                        walk.unverified_files
+                    ));
+                }
                 excluded = excluded.union(&ex);
             }
             line.push_str(&format!(", {} files indexed", walk.entries.len()));

@@ -6,6 +6,10 @@
 //! inodes, extent and indirect blocks, directories) goes through [`Ext4::read_block`], which
 //! takes the newest committed copy from the journal ([`crate::jbd2`]) when there is one.
 //!
+//! Checksums are verified before metadata may drop data: block bitmaps and group descriptors
+//! (crc32c with `metadata_csum`, crc16 descriptors with `uninit_bg`), and the inode and every
+//! extent block of a file whose blocks are to be dropped ([`Ext4::verified_runs`]).
+//!
 //! Anything unexpected (a feature we do not understand, a descriptor pointing outside the file
 //! system) makes [`Ext4::open`] answer [`Opened::NotExt4`] or [`Opened::ReadInFull`], or a walk
 //! skip the entry, so the caller reads more, never less: a wrong guess here must never drop data.
@@ -25,6 +29,8 @@ const INCOMPAT_CSUM_SEED: u32 = 0x2000;
 /// Bitmap bits are clusters of blocks: this reader counts blocks, so it does not open these.
 const RO_COMPAT_BIGALLOC: u32 = 0x200;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+/// Group descriptors carry a crc16 checksum (`uninit_bg`; superseded by `metadata_csum`).
+const RO_COMPAT_GDT_CSUM: u32 = 0x10;
 /// Incompat features this reader understands (filetype, recover, journal dev excluded, meta_bg
 /// excluded, extents, 64bit, mmp, flex_bg, ea_inode, dirdata, csum_seed, largedir, inline_data,
 /// encrypt, casefold).
@@ -62,6 +68,10 @@ pub struct Ext4<'a> {
     /// The seed of the file system's metadata checksums (`metadata_csum`), to check each block
     /// bitmap before trusting it; `None` when the file system has no bitmap checksums.
     csum_seed: Option<u32>,
+    /// Without `metadata_csum`: whether group descriptors carry crc16 checksums (`uninit_bg`).
+    gdt_csum: bool,
+    /// The file system's UUID (the crc16 descriptor checksums start from it).
+    uuid: [u8; 16],
     compat: u32,
     incompat: u32,
     journal_inum: u64,
@@ -73,6 +83,8 @@ pub struct Ext4<'a> {
 }
 
 /// What [`Ext4::open`] finds in a partition.
+// One value a partition, matched right away: boxing the file system would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Opened<'a> {
     /// No ext2/3/4 file system, or one with features this reader does not understand.
@@ -118,6 +130,33 @@ pub(crate) fn crc32c(crc: u32, data: &[u8]) -> u32 {
     };
     data.iter().fold(crc, |c, &b| {
         TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8)
+    })
+}
+
+/// CRC-16 (polynomial 0x8005, reflected, no final inversion), as e2fsprogs' `ext2fs_crc16` and
+/// the kernel's `crc16` compute the `uninit_bg` group descriptor checksum.
+fn crc16(crc: u16, data: &[u8]) -> u16 {
+    const TABLE: [u16; 256] = {
+        let mut t = [0u16; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u16;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0xA001
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    };
+    data.iter().fold(crc, |c, &b| {
+        TABLE[((c ^ u16::from(b)) & 0xFF) as usize] ^ (c >> 8)
     })
 }
 
@@ -249,6 +288,8 @@ impl<'a> Ext4<'a> {
             reserved_gdt,
             descs,
             csum_seed,
+            gdt_csum: ro_compat & RO_COMPAT_GDT_CSUM != 0,
+            uuid: sb[0x68..0x78].try_into().unwrap_or_default(),
             compat: le32(&sb, 92) as u32,
             incompat,
             journal_inum: le32(&sb, 0xE0),
@@ -310,8 +351,9 @@ impl<'a> Ext4<'a> {
     /// blocks (superblock backup, descriptors, reserved descriptors) and the metadata of any
     /// group that lives in it, all of which are kept.
     ///
-    /// A bitmap or group descriptor that fails its checksum (`metadata_csum` file systems) is
-    /// not trusted: its group is kept whole, as the kernel refuses to allocate from it.
+    /// A bitmap or group descriptor that fails its checksum (crc32c with `metadata_csum`; for
+    /// descriptors, crc16 with `uninit_bg`) is not trusted: its group is kept whole, as the
+    /// kernel refuses to allocate from it.
     ///
     /// A file system read through its journal counts a block as free only if it is free both
     /// as replayed and as on disk.
@@ -400,13 +442,21 @@ impl<'a> Ext4<'a> {
     }
 
     /// Whether group `g`'s descriptor matches its own checksum (`bg_checksum`, as the kernel's
-    /// `ext4_group_desc_csum` with `metadata_csum`: crc32c of the group number and the descriptor
-    /// with the checksum field as zeros, low 16 bits). Without `metadata_csum` nothing is checked.
+    /// `ext4_group_desc_csum`): with `metadata_csum`, crc32c of the group number and the
+    /// descriptor with the checksum field as zeros, low 16 bits; with `uninit_bg` (`gdt_csum`),
+    /// crc16 of the file system UUID, the group number and the descriptor without its checksum
+    /// field. Without either nothing is checked.
     fn desc_sound(&self, g: u64) -> bool {
-        let Some(seed) = self.csum_seed else {
-            return true;
-        };
         let d = self.desc(g);
+        let Some(seed) = self.csum_seed else {
+            if !self.gdt_csum {
+                return true;
+            }
+            let c = crc16(!0, &self.uuid);
+            let c = crc16(c, &(g as u32).to_le_bytes());
+            let c = crc16(crc16(c, &d[..0x1E]), &d[0x20..]);
+            return u64::from(c) == le16(d, 0x1E);
+        };
         let c = crc32c(seed, &(g as u32).to_le_bytes());
         let c = crc32c(c, &d[..0x1E]);
         let c = crc32c(c, &[0, 0]);
@@ -443,7 +493,7 @@ impl<'a> Ext4<'a> {
         )
     }
 
-    /// Reads inode `ino` (its first 160 bytes at most).
+    /// Reads inode `ino` (all of its on-disk bytes).
     ///
     /// # Errors
     /// I/O errors.
@@ -457,10 +507,54 @@ impl<'a> Ext4<'a> {
         if table >= self.blocks {
             return Ok(None);
         }
-        let mut raw = vec![0u8; self.inode_size.min(160) as usize];
+        let mut raw = vec![0u8; self.inode_size.min(self.block_size) as usize];
         let at = idx * self.inode_size;
         self.read_block(table + at / self.block_size, at % self.block_size, &mut raw)?;
-        Ok(Some(Inode { raw }))
+        Ok(Some(Inode { number: ino, raw }))
+    }
+
+    /// With `metadata_csum`: the seed of the checksums of an inode and its extent blocks,
+    /// crc32c of the file system seed, the inode number and its generation (`ext4_inode_csum`).
+    fn inode_seed(&self, inode: &Inode) -> Option<u32> {
+        let seed = self.csum_seed?;
+        let c = crc32c(seed, &(inode.number as u32).to_le_bytes());
+        Some(crc32c(c, &inode.raw[0x64..0x68]))
+    }
+
+    /// Whether an inode matches its checksum (`ext4_inode_csum_verify`: crc32c over the whole
+    /// inode with `i_checksum_lo`, and `i_checksum_hi` when `i_extra_isize` covers it, as zeros;
+    /// 16 bits without the high half). Without `metadata_csum` nothing is checked.
+    pub fn inode_sound(&self, inode: &Inode) -> bool {
+        let Some(seed) = self.inode_seed(inode) else {
+            return true;
+        };
+        let raw = &inode.raw;
+        let has_hi = raw.len() >= 0x84 && le16(raw, 0x80) >= 4;
+        let c = crc32c(
+            crc32c(crc32c(seed, &raw[..0x7C]), &[0, 0]),
+            &raw[0x7E..0x80],
+        );
+        if has_hi {
+            let c = crc32c(crc32c(crc32c(c, &raw[0x80..0x82]), &[0, 0]), &raw[0x84..]);
+            u64::from(c) == le16(raw, 0x7C) | le16(raw, 0x82) << 16
+        } else {
+            u64::from(crc32c(c, &raw[0x80..]) & 0xFFFF) == le16(raw, 0x7C)
+        }
+    }
+
+    /// The data runs of a file whose blocks may be dropped (an excluded file), unwritten
+    /// extents included; `None` when its inode or one of its extent blocks fails its
+    /// `metadata_csum` checksum, so none of its blocks is to be trusted as its own.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn verified_runs(&self, inode: &Inode) -> Result<Option<Vec<Run>>> {
+        if !self.inode_sound(inode) {
+            return Ok(None);
+        }
+        let mut sound = true;
+        let (data, _) = self.map_checked(inode, true, &mut sound)?;
+        Ok(sound.then_some(data))
     }
 
     /// The data blocks of an inode, as (logical block, physical block, count) runs, and the
@@ -482,27 +576,37 @@ impl<'a> Ext4<'a> {
     }
 
     fn map(&self, inode: &Inode, with_unwritten: bool) -> Result<(Vec<Run>, Vec<u64>)> {
+        self.map_checked(inode, with_unwritten, &mut true)
+    }
+
+    /// [`Ext4::map`], clearing `sound` when an extent block fails its checksum.
+    fn map_checked(
+        &self,
+        inode: &Inode,
+        with_unwritten: bool,
+        sound: &mut bool,
+    ) -> Result<(Vec<Run>, Vec<u64>)> {
         let mut data = Vec::new();
         let mut meta = Vec::new();
         if inode.flags() & 0x1000_0000 != 0 {
             return Ok((data, meta)); // inline data: no blocks
         }
         if inode.flags() & 0x8_0000 != 0 {
-            self.extent_node(&inode.raw[40..100], 0, with_unwritten, &mut data, &mut meta)?;
+            let mut walk = ExtentWalk {
+                seed: self.inode_seed(inode),
+                with_unwritten,
+                data: &mut data,
+                meta: &mut meta,
+                sound,
+            };
+            self.extent_node(&inode.raw[40..100], 0, &mut walk)?;
         } else if !inode.is_fast_symlink() {
             self.indirect(&inode.raw[40..100], &mut data, &mut meta)?;
         }
         Ok((data, meta))
     }
 
-    fn extent_node(
-        &self,
-        node: &[u8],
-        depth_guard: u32,
-        with_unwritten: bool,
-        data: &mut Vec<Run>,
-        meta: &mut Vec<u64>,
-    ) -> Result<()> {
+    fn extent_node(&self, node: &[u8], depth_guard: u32, walk: &mut ExtentWalk<'_>) -> Result<()> {
         if node.len() < 12 || le16(node, 0) != 0xF30A || depth_guard > 8 {
             return Ok(());
         }
@@ -521,18 +625,21 @@ impl<'a> Ext4<'a> {
                     len -= 32768; // uninitialised extent: still the file's blocks
                 }
                 let phys = (le16(node, e + 6) << 32) | le32(node, e + 8);
-                if phys + len <= self.blocks && (with_unwritten || !unwritten) {
-                    data.push((logical, phys, len));
+                if phys + len <= self.blocks && (walk.with_unwritten || !unwritten) {
+                    walk.data.push((logical, phys, len));
                 }
             } else {
                 let leaf = (le16(node, e + 8) << 32) | le32(node, e + 4);
                 if leaf >= self.blocks {
                     continue;
                 }
-                meta.push(leaf);
+                walk.meta.push(leaf);
                 let mut buf = vec![0u8; self.block_size as usize];
                 self.read_block(leaf, 0, &mut buf)?;
-                self.extent_node(&buf, depth_guard + 1, with_unwritten, data, meta)?;
+                if !extent_block_sound(walk.seed, &buf) {
+                    *walk.sound = false;
+                }
+                self.extent_node(&buf, depth_guard + 1, walk)?;
             }
         }
         Ok(())
@@ -655,12 +762,32 @@ fn read_through(
     Ok(())
 }
 
+/// One walk of an extent tree: what it collects, and whether every block passed its checksum.
+struct ExtentWalk<'w> {
+    /// The inode's checksum seed ([`Ext4::inode_seed`]); `None` without `metadata_csum`.
+    seed: Option<u32>,
+    with_unwritten: bool,
+    data: &'w mut Vec<Run>,
+    meta: &'w mut Vec<u64>,
+    sound: &'w mut bool,
+}
+
+/// Whether an extent tree block matches the checksum in its tail (`ext4_extent_block_csum`:
+/// crc32c from the inode's seed over the header and every slot up to `eh_max`, stored right
+/// after them). Without a seed there is nothing to check.
+fn extent_block_sound(seed: Option<u32>, block: &[u8]) -> bool {
+    let Some(seed) = seed else { return true };
+    let tail = 12 + 12 * le16(block, 4) as usize;
+    tail + 4 <= block.len() && u64::from(crc32c(seed, &block[..tail])) == le32(block, tail)
+}
+
 /// A run of file blocks: (first logical block, first physical block, count).
 pub type Run = (u64, u64, u64);
 
 /// An inode's first bytes.
 #[derive(Debug, Clone)]
 pub struct Inode {
+    number: u64,
     raw: Vec<u8>,
 }
 

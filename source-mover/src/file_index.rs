@@ -19,6 +19,9 @@ pub struct Walk {
     pub excluded_blocks: Vec<(u64, u64)>,
     /// Excluded regular files.
     pub excluded_files: u64,
+    /// Excluded regular files read all the same: their inode or an extent block failed its
+    /// checksum, so their block map is not trusted (not counted in `excluded_files`).
+    pub unverified_files: u64,
 }
 
 /// Walks the file system from its root. Entries come in walk order; files matching an exclude
@@ -68,10 +71,17 @@ pub fn build(fs: &Ext4<'_>, excludes: &[String]) -> Result<Walk> {
                 FileKind::File => {
                     e.extents = extents(fs, &inode)?;
                     if excluded {
-                        let (runs, _) = fs.block_map(&inode)?;
-                        walk.excluded_blocks
-                            .extend(runs.into_iter().map(|(_, phys, n)| (phys, phys + n)));
-                        walk.excluded_files += 1;
+                        match fs.verified_runs(&inode)? {
+                            Some(runs) => {
+                                walk.excluded_blocks
+                                    .extend(runs.into_iter().map(|(_, phys, n)| (phys, phys + n)));
+                                walk.excluded_files += 1;
+                            }
+                            None => {
+                                e.excluded = false; // its blocks are read: it can be restored
+                                walk.unverified_files += 1;
+                            }
+                        }
                     }
                 }
                 _ => {}

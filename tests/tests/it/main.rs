@@ -14,6 +14,7 @@ mod hostile;
 mod journal;
 mod lifecycle;
 mod limits;
+mod metadata_checksums;
 mod mover;
 mod protocol;
 mod retention;
