@@ -1,8 +1,10 @@
 //! The block map of a disk: which bytes must be read, and which are dropped and why.
 //!
 //! Dropped, by reason (each byte counted under the first that applies):
-//! - `swap`: Linux swap partitions (MBR type 0x82, the GPT Linux-swap GUID, or the `SWAPSPACE2`
-//!   signature) except their first 4 KiB page, so the restored partition keeps its header/UUID;
+//! - `swap`: partitions (or a whole disk) that start with a valid Linux swap header
+//!   ([`crate::swap::Header`]): its pages 1..=`last_page`, so the restored partition keeps its
+//!   header/UUID. A partition table's swap type alone proves nothing: without the header the
+//!   partition is read in full;
 //! - `free`: blocks an ext2/3/4 block bitmap marks free;
 //! - `excluded`: data blocks of guest files matching an `--exclude` glob (metadata stays);
 //! - `hole`: holes of a sparse image file (never read; they are zeros anyway).
@@ -18,6 +20,7 @@ use crate::error::Result;
 use crate::ext4::{Ext4, FreeBlocks, Opened};
 use crate::partition::{self, Partition};
 use crate::ranges::Ranges;
+use crate::swap;
 
 /// The plan for one disk.
 #[derive(Debug, Clone)]
@@ -156,11 +159,20 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
             line.push_str(&format!(", {} files indexed", walk.entries.len()));
             files.push((p.number, walk.entries));
             found.push(line);
-        } else if p.len > 4096 && (has_swap_signature(disk, p.start)? || p.kind.is_swap()) {
-            swap = swap.union(&Ranges::single(p.start + 4096, p.start + p.len));
+        } else if let Some(h) = swap::Header::read(disk, p.start, p.len)? {
+            let (a, b) = h.swap_bytes();
+            swap = swap.union(&Ranges::single(p.start + a, p.start + b));
+            let mut line = format!("{name}: Linux swap, {} MiB dropped", (b - a) >> 20);
+            if b < p.len {
+                line.push_str(&format!(
+                    ", {} KiB past its last page read",
+                    (p.len - b) >> 10
+                ));
+            }
+            found.push(line);
+        } else if p.kind.is_swap() {
             found.push(format!(
-                "{name}: Linux swap, {} MiB dropped",
-                (p.len - 4096) >> 20
+                "{name}: typed Linux swap but no valid swap header: read in full"
             ));
         } else if !whole_disk {
             found.push(format!("{name}: read in full ({:?})", p.kind));
@@ -187,15 +199,6 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
         files_seconds,
         unindexed,
     })
-}
-
-fn has_swap_signature(disk: &Disk, start: u64) -> Result<bool> {
-    if start + 4096 > disk.size {
-        return Ok(false);
-    }
-    let mut sig = [0u8; 10];
-    disk.read_at(&mut sig, start + 4086)?;
-    Ok(&sig == b"SWAPSPACE2" || &sig == b"SWAP-SPACE")
 }
 
 /// Matches a path such as `/var/log/syslog` against a pattern: `*` within one path segment,

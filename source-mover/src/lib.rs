@@ -3,8 +3,8 @@
 //!
 //! Module map:
 //! - [`disk`]: raw images (sparse-aware) and block devices.
-//! - [`partition`], [`ext4`] (read through [`jbd2`], its journal), [`blockmap`]: what must be
-//!   read — partitions, swap, free blocks, excluded files, holes.
+//! - [`partition`], [`ext4`] (read through [`jbd2`], its journal), [`swap`], [`blockmap`]: what
+//!   must be read — partitions, swap, free blocks, excluded files, holes.
 //! - [`ranges`]: byte-range arithmetic. [`cbt`]: changed-block lists.
 //! - [`client`]: the HTTP/2 repository client (retries, rate limit).
 //! - [`backup`]: the read → hash → find-missing → compress → upload → record → commit pipeline.
@@ -30,5 +30,6 @@ pub mod partition;
 pub mod progress;
 pub mod ranges;
 pub mod restore;
+pub mod swap;
 
 pub use error::{Error, Result};

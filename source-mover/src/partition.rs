@@ -19,7 +19,8 @@ pub const GPT_LINUX_SWAP: [u8; 16] = [
 ];
 
 impl Kind {
-    /// Whether the table marks it as Linux swap.
+    /// Whether the table labels it Linux swap. A label only: what the block map drops as swap
+    /// is decided by the swap header ([`crate::swap::Header`]).
     pub fn is_swap(&self) -> bool {
         matches!(self, Kind::Mbr(0x82)) || *self == Kind::Gpt(GPT_LINUX_SWAP)
     }

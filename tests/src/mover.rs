@@ -31,3 +31,11 @@ pub fn opts(source: &str, disk: &Path, state: &Path) -> BackupOptions {
 pub fn client(url: &str) -> RepoClient {
     RepoClient::new(url, BACKUP_A, Duration::from_secs(120), None).unwrap()
 }
+
+/// Restores disk `disk0` of backup `id` to the file `out`.
+pub async fn restore_to(c: &RepoClient, id: &str, out: &Path) {
+    let m = source_mover::restore::resolve(c, id, None).await.unwrap();
+    source_mover::restore::restore(c, &m, "disk0", Some(out), 8, false)
+        .await
+        .unwrap();
+}

@@ -1,0 +1,197 @@
+//! What the block map may drop: only what is proven unused. A swap type code without a valid
+//! swap header is read in full; a valid header drops its pages whatever the type code says.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use source_mover::backup::backup;
+use source_mover::blockmap::{plan, DiskPlan};
+use source_mover::disk::Disk;
+use source_mover::ranges::Ranges;
+use tests::images::{noise, run};
+use tests::mover::{client, opts, restore_to};
+use tests::TestServer;
+
+const MIB: u64 = 1 << 20;
+
+/// A disk with a partition table made by `sfdisk` from `script` (whose `{node}` stands for the
+/// image path, for naming logical partitions) and each partition's content written in table
+/// order; returns the image and each partition's (offset, length) as `sfdisk -J` reports them.
+fn partitioned(
+    dir: &Path,
+    name: &str,
+    size: u64,
+    script: &str,
+    contents: &[Vec<u8>],
+) -> (PathBuf, Vec<(u64, u64)>) {
+    let path = dir.join(format!("{name}.raw"));
+    std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+    let script = script.replace("{node}", &path.display().to_string());
+    let mut sf = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(sf.wait().unwrap().success(), "sfdisk {script}");
+    let table: serde_json::Value =
+        serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(&path))).unwrap();
+    let parts: Vec<(u64, u64)> = table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !matches!(p["type"].as_str(), Some("5" | "f" | "85")))
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap() * 512,
+                p["size"].as_u64().unwrap() * 512,
+            )
+        })
+        .collect();
+    assert_eq!(parts.len(), contents.len(), "{table}");
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for (&(off, len), c) in parts.iter().zip(contents) {
+        assert!(c.len() as u64 <= len);
+        f.write_all_at(c, off).unwrap();
+    }
+    (path, parts)
+}
+
+/// A swap area made by `mkswap` for `made_for` bytes, cut or padded to `len`, with random
+/// "dirty pages" after its header page.
+fn swap_area(dir: &Path, made_for: u64, len: u64, seed: u64) -> Vec<u8> {
+    let p = dir.join(format!("swap-{seed}.img"));
+    std::fs::File::create(&p)
+        .unwrap()
+        .set_len(made_for)
+        .unwrap();
+    run(Command::new("mkswap").arg("-q").arg(&p));
+    let mut area = std::fs::read(&p).unwrap();
+    area.resize(len as usize, 0);
+    let dirty = noise((len - 4096) as usize / 2, seed);
+    area[4096..4096 + dirty.len()].copy_from_slice(&dirty);
+    area
+}
+
+fn plan_of(path: &Path) -> DiskPlan {
+    plan(&Disk::open(path).unwrap(), &[]).unwrap()
+}
+
+/// Backs the disk up, restores it, and checks the restored disk equals the source outside the
+/// plan's dropped bytes and is zero inside them. Returns the restored bytes.
+async fn round_trip(url: &str, source: &str, path: &Path, state: &Path) -> Vec<u8> {
+    let c = client(url);
+    let r = backup(&c, &opts(source, path, state)).await.unwrap();
+    let out = state.with_extension("restored");
+    restore_to(&c, &r.backup_id, &out).await;
+    let (src, got) = (std::fs::read(path).unwrap(), std::fs::read(&out).unwrap());
+    assert_eq!(src.len(), got.len());
+    let mut expect = src;
+    for (reason, r) in &plan_of(path).dropped {
+        for &(a, b) in r.as_slice() {
+            if *reason != "hole" {
+                expect[a as usize..b as usize].fill(0);
+            }
+        }
+    }
+    let at = expect.iter().zip(&got).position(|(a, b)| a != b);
+    assert!(
+        at.is_none(),
+        "{source}: restored disk differs at byte {at:?}"
+    );
+    got
+}
+
+/// Four partitions: random data typed swap, a mkswap'd area typed Linux, a swap header whose
+/// `last_page` lies past its partition (typed swap), and a swap area smaller than its partition
+/// (typed swap, random data after it). Only the two valid areas' swap pages are dropped; on MBR,
+/// GPT and in logical partitions alike, and every partition read in full comes back byte for
+/// byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_is_dropped_only_behind_a_valid_swap_header() {
+    let srv = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = 8 * MIB;
+    let mut small_area = swap_area(d, 4 * MIB, p, 4);
+    small_area[4 * MIB as usize..].copy_from_slice(&noise(4 * MIB as usize, 5));
+    let contents = vec![
+        noise(p as usize, 1),
+        swap_area(d, p, p, 2),
+        swap_area(d, 2 * p, p, 3),
+        small_area,
+    ];
+    let sectors = p / 512;
+    let primary = |label: &str| {
+        format!(
+            "label: {label}\nstart=2048, size={sectors}, type=S\nsize={sectors}, type=L\nsize={sectors}, type=S\nsize={sectors}, type=S\n"
+        )
+    };
+    let logical = format!(
+        "label: dos\n{{node}}1 : start=2048, size={}, type=5\n{{node}}5 : size={sectors}, type=S\n{{node}}6 : size={sectors}, type=L\n{{node}}7 : size={sectors}, type=S\n{{node}}8 : size={sectors}, type=S\n",
+        4 * sectors + 8 * 2048
+    );
+    for (name, script) in [
+        ("mbr", primary("dos")),
+        ("gpt", primary("gpt")),
+        ("logical", logical),
+    ] {
+        let (path, parts) = partitioned(d, name, 4 * p + 16 * MIB, &script, &contents);
+        let pl = plan_of(&path);
+        let expect = Ranges::from_unsorted(vec![
+            (parts[1].0 + 4096, parts[1].0 + parts[1].1),
+            (parts[3].0 + 4096, parts[3].0 + 4 * MIB),
+        ]);
+        assert_eq!(pl.dropped["swap"], expect, "{name}: {:?}", pl.found);
+        assert!(
+            pl.found
+                .iter()
+                .filter(|f| f.contains("no valid swap header: read in full"))
+                .count()
+                == 2,
+            "{name}: {:?}",
+            pl.found
+        );
+        let got = round_trip(&srv.url(), name, &path, &d.join(format!("{name}-state"))).await;
+        for i in [0, 2] {
+            let (a, b) = (parts[i].0 as usize, (parts[i].0 + parts[i].1) as usize);
+            assert!(
+                got[a..b] == contents[i][..],
+                "{name}: partition {i} comes back byte for byte"
+            );
+        }
+        let tail = (parts[3].0 + 4 * MIB) as usize..(parts[3].0 + p) as usize;
+        assert!(
+            got[tail] == contents[3][4 * MIB as usize..],
+            "{name}: the bytes past a swap area's last page come back"
+        );
+    }
+    srv.stop().await;
+}
+
+/// A disk without a partition table: a valid swap header drops the swap pages, a header that
+/// claims more pages than the disk has does not.
+#[test]
+fn a_whole_disk_is_swap_only_with_a_header_that_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, made_for, dropped) in [("fits", 8 * MIB, true), ("too-long", 16 * MIB, false)] {
+        let path = dir.path().join(format!("{name}.raw"));
+        std::fs::write(&path, swap_area(dir.path(), made_for, 8 * MIB, 7)).unwrap();
+        let pl = plan_of(&path);
+        let want = if dropped {
+            Ranges::single(4096, 8 * MIB)
+        } else {
+            Ranges::new()
+        };
+        assert_eq!(pl.dropped["swap"], want, "{name}: {:?}", pl.found);
+    }
+}
