@@ -246,19 +246,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     let mut journal = match journal {
         Some(j) => j,
         None => {
-            let base = match &opts.base {
-                Base::None => None,
-                Base::Id(id) => Some(id.clone()),
-                Base::Latest => {
-                    let q = format!("/v1/backups?source={}&limit=1", encode(&opts.source));
-                    client
-                        .get_json::<BackupList>(&q)
-                        .await?
-                        .backups
-                        .first()
-                        .map(|m| m.id.to_string())
-                }
-            };
+            let base = resolve_base(client, opts).await?;
             check_cbt_bases(&cbt, base.as_deref())?;
             let s = random_session()?;
             let disks_json: Vec<_> = opts
@@ -752,6 +740,62 @@ fn check_cbt_bases(
         Some(b) => cbt.iter().try_for_each(|(disk, l)| l.check_base(disk, b)),
         None => Ok(()),
     }
+
+/// The base of a new session: `opts.base` resolved to a backup id. A base with another block
+/// size on a disk of the same name cannot be built on (the repository refuses the session):
+/// with [`Base::Latest`] this backup starts a new chain, a full backup, and says why on stderr;
+/// a base named by id is an error, before anything is created.
+async fn resolve_base(client: &RepoClient, opts: &BackupOptions) -> Result<Option<String>> {
+    let m = match &opts.base {
+        Base::None => return Ok(None),
+        Base::Latest => {
+            let q = format!("/v1/backups?source={}&limit=1", encode(&opts.source));
+            match client
+                .get_json::<BackupList>(&q)
+                .await?
+                .backups
+                .into_iter()
+                .next()
+            {
+                Some(m) => m,
+                None => return Ok(None),
+            }
+        }
+        Base::Id(id) => match client
+            .get_json::<Manifest>(&format!("/v1/backups/{id}"))
+            .await
+        {
+            Ok(m) => m,
+            // Creating the session names the missing base in the protocol's terms.
+            Err(Error::Repo { status: 404, .. }) => return Ok(Some(id.clone())),
+            Err(e) => return Err(e),
+        },
+    };
+    let other = m.disks.iter().find(|d| {
+        d.block_size != opts.block_size && opts.disks.iter().any(|(n, _)| n == d.name.as_str())
+    });
+    let Some(d) = other else {
+        return Ok(Some(m.id.to_string()));
+    };
+    // As --block-size spells them: 256K, 512K, 1M, 4M.
+    let human = |b: u32| match b % (1 << 20) {
+        0 => format!("{}M", b >> 20),
+        _ => format!("{}K", b >> 10),
+    };
+    let (theirs, ours) = (human(d.block_size), human(opts.block_size));
+    if let Base::Id(id) = &opts.base {
+        return Err(Error::Refused(format!(
+            "--base {id}: disk {} of that backup has block size {theirs}, this backup {ours}; an \
+             incremental keeps its base's block size (use --block-size {theirs}, or --base none \
+             for a full backup)",
+            d.name.as_str()
+        )));
+    }
+    eprintln!(
+        "source-mover: base {} has block size {theirs}, this backup {ours}: starting a new chain with a full backup",
+        m.id
+    );
+    Ok(None)
 }
 
 /// Uploads each file system's index (JSON lines, cut into 1 MiB chunks) into the session and

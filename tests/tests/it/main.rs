@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod block_size_chain;
 mod blockmap_safety;
 mod campaign;
 mod catalog;
