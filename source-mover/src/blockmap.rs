@@ -11,7 +11,9 @@
 //!
 //! Everything else is read: unknown partitions, gaps, unpartitioned space, file systems this
 //! reader does not understand (among them a file system that needs recovery whose journal it
-//! cannot replay: its `found` line says "read in full" and why).
+//! cannot replay: its `found` line says "read in full" and why), and partitions whose bytes are
+//! not their own (they overlap another partition or the partition table, or run past the disk's
+//! end; see [`crate::partition`]).
 
 use std::collections::BTreeMap;
 
@@ -93,6 +95,7 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
             start: 0,
             len: disk.size,
             kind: partition::Kind::Mbr(0),
+            conflict: None,
         });
     }
     let (mut swap, mut free, mut excluded) = (Ranges::new(), Ranges::new(), Ranges::new());
@@ -106,6 +109,10 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
         } else {
             format!("partition {}", p.number)
         };
+        if let Some(why) = &p.conflict {
+            found.push(format!("{name}: {why}: read in full"));
+            continue;
+        }
         let opened = Ext4::open(disk, p.start, p.len)?;
         if let Opened::ReadInFull(why) = &opened {
             found.push(format!("{name}: ext2/3/4, read in full: {why}"));

@@ -1,5 +1,12 @@
 //! Partition tables: MBR (with extended and logical partitions) and GPT (behind a protective
 //! MBR). Sector size 512; a GPT header at 4096 (4 KiB sectors) is also recognised.
+//!
+//! A partition whose bytes are not its own — it overlaps another partition or the table itself
+//! (the MBR, an extended boot record, a GPT header or entry array), or it runs past the end of
+//! the disk — carries the reason in [`Partition::conflict`], and the block map reads it in full:
+//! what its content says is free may be another structure's data.
+
+use crate::ranges::Ranges;
 
 use crate::disk::Disk;
 use crate::error::Result;
@@ -27,7 +34,7 @@ impl Kind {
 }
 
 /// One partition, in bytes from the start of the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
     /// 1-based number as Linux names it (logical partitions start at 5).
     pub number: u32,
@@ -37,6 +44,9 @@ pub struct Partition {
     pub len: u64,
     /// Type.
     pub kind: Kind,
+    /// Why its bytes cannot be trusted to be its own (overlap with another partition or the
+    /// partition table, or past the disk's end); `None` for a sound partition.
+    pub conflict: Option<String>,
 }
 
 fn u32le(b: &[u8], at: usize) -> u64 {
@@ -71,12 +81,13 @@ pub fn read(disk: &Disk) -> Result<Vec<Partition>> {
         return read_gpt(disk);
     }
     let mut out = Vec::new();
+    let mut table = vec![(0, 512)];
     for (i, &(kind, lba, sectors)) in entries.iter().enumerate() {
         if kind == 0 || sectors == 0 {
             continue;
         }
         if matches!(kind, 0x05 | 0x0F | 0x85) {
-            read_logical(disk, lba * 512, &mut out)?;
+            read_logical(disk, lba * 512, &mut out, &mut table)?;
             continue;
         }
         out.push(Partition {
@@ -84,13 +95,19 @@ pub fn read(disk: &Disk) -> Result<Vec<Partition>> {
             start: lba * 512,
             len: sectors * 512,
             kind: Kind::Mbr(kind),
+            conflict: None,
         });
     }
-    Ok(clip(out, disk.size))
+    Ok(check(out, &Ranges::from_unsorted(table), disk.size))
 }
 
-/// Follows the chain of extended boot records.
-fn read_logical(disk: &Disk, ext_start: u64, out: &mut Vec<Partition>) -> Result<()> {
+/// Follows the chain of extended boot records, noting each one's sector in `table`.
+fn read_logical(
+    disk: &Disk,
+    ext_start: u64,
+    out: &mut Vec<Partition>,
+    table: &mut Vec<(u64, u64)>,
+) -> Result<()> {
     let mut ebr_at = ext_start;
     let mut number = 5;
     // A chain longer than this is corrupt or a loop.
@@ -103,6 +120,7 @@ fn read_logical(disk: &Disk, ext_start: u64, out: &mut Vec<Partition>) -> Result
         if ebr[510] != 0x55 || ebr[511] != 0xAA {
             break;
         }
+        table.push((ebr_at, ebr_at + 512));
         let (kind, lba, sectors) = (ebr[446 + 4], u32le(&ebr, 446 + 8), u32le(&ebr, 446 + 12));
         if kind != 0 && sectors != 0 {
             out.push(Partition {
@@ -110,6 +128,7 @@ fn read_logical(disk: &Disk, ext_start: u64, out: &mut Vec<Partition>) -> Result
                 start: ebr_at + lba * 512,
                 len: sectors * 512,
                 kind: Kind::Mbr(kind),
+                conflict: None,
             });
             number += 1;
         }
@@ -142,6 +161,12 @@ fn read_gpt(disk: &Disk) -> Result<Vec<Partition>> {
         }
         let mut t = vec![0u8; bytes];
         disk.read_at(&mut t, table * sector)?;
+        let mut structures = vec![
+            (0, sector),
+            (sector, sector * 2),
+            (table * sector, table * sector + bytes as u64),
+        ];
+        structures.extend(backup_gpt(disk, &hdr, sector, bytes as u64)?);
         let mut out = Vec::new();
         for i in 0..count as usize {
             let e = &t[i * size as usize..];
@@ -159,21 +184,118 @@ fn read_gpt(disk: &Disk) -> Result<Vec<Partition>> {
                 start: first * sector,
                 len: (last - first + 1) * sector,
                 kind: Kind::Gpt(guid),
+                conflict: None,
             });
         }
-        return Ok(clip(out, disk.size));
+        return Ok(check(out, &Ranges::from_unsorted(structures), disk.size));
     }
     Ok(Vec::new())
 }
 
-/// Drops partitions that start past the end and cuts those that run over it.
-fn clip(parts: Vec<Partition>, size: u64) -> Vec<Partition> {
-    parts
+/// Where the backup GPT lives: the alternate header (`alternate_lba` of the primary header)
+/// and its entry array (as that header names it, or where it conventionally sits, just before
+/// the header, when the backup header is unreadable). Nothing when the alternate LBA is off the
+/// disk.
+fn backup_gpt(disk: &Disk, primary: &[u8], sector: u64, bytes: u64) -> Result<Vec<(u64, u64)>> {
+    let alt = u64le(primary, 32).saturating_mul(sector);
+    if alt == 0 || alt.saturating_add(sector) > disk.size {
+        return Ok(Vec::new());
+    }
+    let mut hdr = vec![0u8; 92];
+    disk.read_at(&mut hdr, alt)?;
+    let array = if &hdr[..8] == b"EFI PART" {
+        let at = u64le(&hdr, 72).saturating_mul(sector);
+        (at, at.saturating_add(bytes))
+    } else {
+        (alt.saturating_sub(bytes), alt)
+    };
+    Ok(vec![(alt, alt + sector), array])
+}
+
+/// Drops partitions that start past the end of the disk, cuts those that run over it, and
+/// notes in [`Partition::conflict`] why a partition's bytes are not its own: it runs past the
+/// end, overlaps the partition table's own structures (`table`), or overlaps another partition.
+fn check(parts: Vec<Partition>, table: &Ranges, size: u64) -> Vec<Partition> {
+    let mut parts: Vec<Partition> = parts
         .into_iter()
         .filter(|p| p.start < size)
-        .map(|p| Partition {
-            len: p.len.min(size - p.start),
-            ..p
+        .map(|p| {
+            let end = p.start.saturating_add(p.len);
+            let conflict = if end > size {
+                Some(format!(
+                    "runs {} bytes past the end of the disk",
+                    end - size
+                ))
+            } else if !Ranges::single(p.start, end).intersect(table).is_empty() {
+                Some("overlaps the partition table".to_string())
+            } else {
+                None
+            };
+            Partition {
+                len: p.len.min(size - p.start),
+                conflict,
+                ..p
+            }
         })
-        .collect()
+        .collect();
+    for i in 0..parts.len() {
+        let (a, b) = (parts[i].start, parts[i].start + parts[i].len);
+        let others: Vec<u32> = parts
+            .iter()
+            .enumerate()
+            .filter(|&(j, q)| j != i && q.start < b && a < q.start + q.len)
+            .map(|(_, q)| q.number)
+            .collect();
+        if !others.is_empty() && parts[i].conflict.is_none() {
+            let list: Vec<String> = others.iter().map(u32::to_string).collect();
+            parts[i].conflict = Some(format!("overlaps partition {}", list.join(", ")));
+        }
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(number: u32, start: u64, len: u64) -> Partition {
+        Partition {
+            number,
+            start,
+            len,
+            kind: Kind::Mbr(0x83),
+            conflict: None,
+        }
+    }
+
+    #[test]
+    fn partitions_whose_bytes_are_not_their_own_say_why() {
+        // The MBR and an extended boot record at 10_000.
+        let table = Ranges::from_unsorted(vec![(0, 512), (10_000, 10_512)]);
+        let parts = vec![
+            part(1, 1024, 1000),   // sound
+            part(2, 3000, 2000),   // overlaps 3
+            part(3, 4000, 2000),   // overlaps 2
+            part(5, 9000, 2000),   // covers the extended boot record
+            part(6, 0, 512),       // the MBR itself
+            part(7, 20_000, 9000), // past the end (size 25_000)
+            part(8, 30_000, 100),  // starts past the end: gone
+        ];
+        let got = check(parts, &table, 25_000);
+        let why: Vec<(u32, u64, Option<&str>)> = got
+            .iter()
+            .map(|p| (p.number, p.len, p.conflict.as_deref()))
+            .collect();
+        assert_eq!(
+            why,
+            vec![
+                (1, 1000, None),
+                (2, 2000, Some("overlaps partition 3")),
+                (3, 2000, Some("overlaps partition 2")),
+                (5, 2000, Some("overlaps the partition table")),
+                (6, 512, Some("overlaps the partition table")),
+                (7, 5000, Some("runs 4000 bytes past the end of the disk")),
+            ]
+        );
+    }
 }

@@ -195,3 +195,122 @@ fn a_whole_disk_is_swap_only_with_a_header_that_fits() {
         assert_eq!(pl.dropped["swap"], want, "{name}: {:?}", pl.found);
     }
 }
+
+/// Writes MBR entry `i` (0-based) of `disk`: type, first sector, sector count.
+fn mbr_entry(disk: &Path, i: u64, kind: u8, lba: u64, sectors: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    let at = 446 + 16 * i;
+    f.write_all_at(&[kind], at + 4).unwrap();
+    f.write_all_at(&(lba as u32).to_le_bytes(), at + 8).unwrap();
+    f.write_all_at(&(sectors as u32).to_le_bytes(), at + 12)
+        .unwrap();
+}
+
+/// An ext4 file system of `len` bytes whose free blocks hold random bytes (a used disk), so that
+/// dropping them is visible after a restore.
+fn used_ext4(dir: &Path, len: u64, seed: u64) -> Vec<u8> {
+    let p = dir.join(format!("used-{seed}.ext4"));
+    std::fs::write(&p, noise(len as usize, seed)).unwrap();
+    run(Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-E", "nodiscard"])
+        .arg(&p));
+    std::fs::read(&p).unwrap()
+}
+
+/// Partitions that overlap each other or the partition table, or run past the end of the disk,
+/// are read in full (the plan line says why), and the disk restores byte for byte there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_whose_bytes_are_not_their_own_are_read_in_full() {
+    let srv = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (fs_len, swap_len) = (16 * MIB, 8 * MIB);
+    let two = format!(
+        "label: dos\nstart=2048, size={}, type=L\nsize={}, type=S\n",
+        fs_len / 512,
+        swap_len / 512
+    );
+    let contents = vec![used_ext4(d, fs_len, 1), swap_area(d, swap_len, swap_len, 2)];
+    let size = 32 * MIB;
+    // Each case: (name, image, the partitions that must be read in full, the reason shown).
+    let mut cases: Vec<(&str, PathBuf, Vec<(u64, u64)>, &str)> = Vec::new();
+
+    // 1. The ext4 partition's entry grown by 1 MiB, over the swap partition.
+    let (p, parts) = partitioned(d, "overlap", size, &two, &contents);
+    mbr_entry(&p, 0, 0x83, parts[0].0 / 512, (parts[0].1 + MIB) / 512);
+    let grown = (parts[0].0, parts[0].1 + MIB);
+    cases.push(("overlap", p, vec![grown, parts[1]], "overlaps partition"));
+
+    // 2. A third entry over the MBR and the gap after it, holding a swap header (the gap holds
+    //    a boot loader, say).
+    let (p, _) = partitioned(d, "table", size, &two, &contents);
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let header = swap_area(d, MIB, MIB, 3);
+    f.write_all_at(&header[1024..4096], 1024).unwrap();
+    f.write_all_at(&noise((MIB - 4096) as usize, 5), 4096)
+        .unwrap();
+    drop(f);
+    mbr_entry(&p, 2, 0x82, 0, 2048);
+    cases.push(("table", p, vec![(0, MIB)], "overlaps the partition table"));
+
+    // 3. The swap partition's entry running 4 MiB past the end of the disk (its swap header
+    //    fits in the part that is on the disk).
+    let (p, parts) = partitioned(d, "past-end", 25 * MIB, &two, &contents);
+    mbr_entry(&p, 1, 0x82, parts[1].0 / 512, (parts[1].1 + 4 * MIB) / 512);
+    let on_disk = (parts[1].0, 25 * MIB - parts[1].0);
+    cases.push(("past-end", p, vec![on_disk], "past the end of the disk"));
+
+    // 4. GPT: the last partition's entry stretched over the backup entry array and header at
+    //    the end of the disk, and a swap area made for that length.
+    let gpt = format!("label: gpt\nstart=2048, size={}, type=S\n", swap_len / 512);
+    // The area stops short of the backup entry array and header (33 sectors), which stay.
+    let area = swap_area(d, size - MIB, size - MIB - 33 * 512, 4);
+    let (p, parts) = partitioned(d, "gpt-end", size, &gpt, &[vec![0u8; 0]]);
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(&(size / 512 - 1).to_le_bytes(), 1024 + 40)
+        .unwrap();
+    f.write_all_at(&area, parts[0].0).unwrap();
+    drop(f);
+    cases.push((
+        "gpt-end",
+        p,
+        vec![(MIB, size - MIB)],
+        "overlaps the partition table",
+    ));
+
+    for (name, path, whole, why) in cases {
+        let pl = plan_of(&path);
+        let dropped = pl
+            .dropped
+            .iter()
+            .filter(|(r, _)| **r != "hole")
+            .fold(Ranges::new(), |acc, (_, r)| acc.union(r));
+        for &(a, len) in &whole {
+            assert!(
+                dropped.intersect(&Ranges::single(a, a + len)).is_empty(),
+                "{name}: nothing of [{a}, {}) is dropped: {:?} {:?}",
+                a + len,
+                pl.dropped,
+                pl.found
+            );
+        }
+        assert!(
+            pl.found
+                .iter()
+                .any(|f| f.contains(why) && f.ends_with("read in full")),
+            "{name}: {:?}",
+            pl.found
+        );
+        let got = round_trip(&srv.url(), name, &path, &d.join(format!("{name}-state"))).await;
+        let src = std::fs::read(&path).unwrap();
+        for &(a, len) in &whole {
+            let r = a as usize..(a + len) as usize;
+            assert!(
+                got[r.clone()] == src[r],
+                "{name}: [{a}, {}) comes back byte for byte",
+                a + len
+            );
+        }
+    }
+    srv.stop().await;
+}
