@@ -6,7 +6,10 @@
 //!   header/UUID. A partition table's swap type alone proves nothing: without the header the
 //!   partition is read in full;
 //! - `free`: blocks an ext2/3/4 block bitmap marks free;
-//! - `excluded`: data blocks of guest files matching an `--exclude` glob (metadata stays);
+//! - `excluded`: data blocks of guest files matching an `--exclude` glob, where the bitmap marks
+//!   them in use and they are neither file-system metadata nor blocks of other inodes the walk
+//!   saw (a forged or cross-linked extent drops nothing it should not); none at all while a
+//!   block bitmap of that file system fails its checksum;
 //! - `hole`: holes of a sparse image file (never read; they are zeros anyway).
 //!
 //! Everything else is read: unknown partitions, gaps, unpartitioned space, file systems this
@@ -146,14 +149,20 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
                 continue;
             }
             let t = std::time::Instant::now();
-            let walk = crate::file_index::build(&fs, excludes)?;
+            let mut walk = crate::file_index::build(&fs, excludes)?;
             files_seconds += t.elapsed().as_secs_f64();
             if !excludes.is_empty() {
-                let ex = fs.to_bytes(&Ranges::from_unsorted(walk.excluded_blocks));
+                let ex = excluded_bytes(
+                    &fs,
+                    std::mem::take(&mut walk.excluded_blocks),
+                    std::mem::take(&mut walk.protected_blocks),
+                    &f,
+                    bad_bitmaps > 0,
+                )?;
                 line.push_str(&format!(
                     ", {} excluded files ({} MiB)",
                     walk.excluded_files,
-                    ex.total() >> 20
+                    ex.dropped.total() >> 20
                 ));
                 if walk.unverified_files > 0 {
                     line.push_str(&format!(
@@ -161,7 +170,10 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
                         walk.unverified_files
                     ));
                 }
-                excluded = excluded.union(&ex);
+                if let Some(why) = ex.kept {
+                    line.push_str(&format!(", {why}"));
+                }
+                excluded = excluded.union(&ex.dropped);
             }
             line.push_str(&format!(", {} files indexed", walk.entries.len()));
             files.push((p.number, walk.entries));
@@ -205,6 +217,59 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
         files,
         files_seconds,
         unindexed,
+    })
+}
+
+/// What of the excluded files' blocks is dropped, and why the rest is read.
+struct Excluded {
+    /// Bytes dropped.
+    dropped: Ranges,
+    /// What was read although an excluded file names it, for the plan line.
+    kept: Option<String>,
+}
+
+/// The excluded files' blocks (`excluded_blocks`) that may be dropped: those the bitmap marks
+/// in use (one it marks `free` is dropped as such anyway) that are neither file-system metadata
+/// ([`Ext4::metadata_blocks`]) nor blocks the walk saw in use otherwise (`protected_blocks`:
+/// directories, extent trees, other files' data; see [`crate::file_index::Walk`]). With a
+/// bitmap that failed its checksum (`untrusted`) nothing is dropped: which blocks are in use is
+/// then unknown.
+fn excluded_bytes(
+    fs: &Ext4<'_>,
+    excluded_blocks: Vec<(u64, u64)>,
+    protected_blocks: Vec<(u64, u64)>,
+    free: &Ranges,
+    untrusted: bool,
+) -> Result<Excluded> {
+    let named = fs
+        .to_bytes(&Ranges::from_unsorted(excluded_blocks))
+        .subtract(free);
+    if untrusted {
+        let kept = (!named.is_empty()).then(|| {
+            format!(
+                "their {} KiB read as the block bitmaps are not trusted",
+                named.total() >> 10
+            )
+        });
+        return Ok(Excluded {
+            dropped: Ranges::new(),
+            kept,
+        });
+    }
+    let protected = fs
+        .metadata_blocks()?
+        .union(&Ranges::from_unsorted(protected_blocks));
+    let protected = fs.to_bytes(&protected);
+    let dropped = named.subtract(&protected);
+    let overlap = named.intersect(&protected).total();
+    Ok(Excluded {
+        dropped,
+        kept: (overlap > 0).then(|| {
+            format!(
+                "{} KiB of their blocks read: file-system metadata or other files' blocks",
+                overlap >> 10
+            )
+        }),
     })
 }
 

@@ -542,19 +542,20 @@ impl<'a> Ext4<'a> {
         }
     }
 
-    /// The data runs of a file whose blocks may be dropped (an excluded file), unwritten
-    /// extents included; `None` when its inode or one of its extent blocks fails its
-    /// `metadata_csum` checksum, so none of its blocks is to be trusted as its own.
+    /// The block map (as [`Ext4::block_map`]: data runs, unwritten extents included, and the
+    /// tree blocks) of a file whose blocks may be dropped (an excluded file); `None` when its
+    /// inode or one of its extent blocks fails its `metadata_csum` checksum, so none of its
+    /// blocks is to be trusted as its own.
     ///
     /// # Errors
     /// I/O errors.
-    pub fn verified_runs(&self, inode: &Inode) -> Result<Option<Vec<Run>>> {
+    pub fn verified_runs(&self, inode: &Inode) -> Result<Option<(Vec<Run>, Vec<u64>)>> {
         if !self.inode_sound(inode) {
             return Ok(None);
         }
         let mut sound = true;
-        let (data, _) = self.map_checked(inode, true, &mut sound)?;
-        Ok(sound.then_some(data))
+        let map = self.map_checked(inode, true, &mut sound)?;
+        Ok(sound.then_some(map))
     }
 
     /// The data blocks of an inode, as (logical block, physical block, count) runs, and the
@@ -720,6 +721,68 @@ impl<'a> Ext4<'a> {
         }
         Ok(out)
     }
+
+    /// The file system's own metadata, as block ranges: the boot block, each group's
+    /// superblock backup with its group descriptors and reserved descriptor blocks (where the
+    /// `sparse_super`/`sparse_super2` rules put them), block and inode bitmaps and inode tables,
+    /// and every block (data, extent-tree or indirect, extended attributes) of the reserved
+    /// inodes (resize inode, root directory, …, up to `s_first_ino`), the journal and the quota
+    /// and orphan files. Never dropped for an excluded file, whatever its extents say.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn metadata_blocks(&self) -> Result<Ranges> {
+        const COMPAT_SPARSE_SUPER2: u64 = 0x200;
+        const RO_COMPAT_SPARSE_SUPER: u64 = 0x1;
+        let mut sb = vec![0u8; 1024];
+        self.disk.read_at(&mut sb, self.offset + 1024)?;
+        let (compat, ro_compat) = (le32(&sb, 0x5C), le32(&sb, 0x64));
+        let backup_bgs = [le32(&sb, 0x24C), le32(&sb, 0x250)];
+        let is_power = |mut g: u64, base: u64| {
+            while g > 1 && g % base == 0 {
+                g /= base;
+            }
+            g == 1
+        };
+        let has_super = |g: u64| {
+            if compat & COMPAT_SPARSE_SUPER2 != 0 {
+                g == 0 || backup_bgs.contains(&g)
+            } else if ro_compat & RO_COMPAT_SPARSE_SUPER == 0 {
+                true
+            } else {
+                g <= 1 || is_power(g, 3) || is_power(g, 5) || is_power(g, 7)
+            }
+        };
+        let gdt_blocks = (self.groups * self.desc_size).div_ceil(self.block_size);
+        let itable_blocks = (self.inodes_per_group * self.inode_size).div_ceil(self.block_size);
+        let mut meta = vec![(0, self.first_data_block + 1)];
+        for g in 0..self.groups {
+            let first = self.first_data_block + g * self.blocks_per_group;
+            if has_super(g) {
+                meta.push((first, first + 1 + gdt_blocks + self.reserved_gdt));
+            }
+            let (bb, ib) = (self.desc_block(g, 0, 0x20), self.desc_block(g, 4, 0x24));
+            let it = self.desc_block(g, 8, 0x28);
+            meta.extend([(bb, bb + 1), (ib, ib + 1), (it, it + itable_blocks)]);
+        }
+        let rev = le32(&sb, 76);
+        let first_ino = if rev == 0 { 11 } else { le32(&sb, 0x54) };
+        // The journal, the user, group and project quota files and the orphan file.
+        let named = [0xE0, 0x240, 0x244, 0x26C, 0x280].map(|at| le32(&sb, at));
+        for ino in (1..first_ino.min(64)).chain(named) {
+            let Some(inode) = self.inode(ino)? else {
+                continue;
+            };
+            let (runs, tree) = self.block_map(&inode)?;
+            meta.extend(runs.iter().map(|&(_, p, n)| (p, p + n)));
+            meta.extend(
+                tree.iter()
+                    .chain(inode.xattr_block().iter())
+                    .map(|&b| (b, b + 1)),
+            );
+        }
+        Ok(Ranges::from_unsorted(meta))
+    }
 }
 
 /// Reads `buf.len()` bytes at byte `at` of the file system at `offset` (blocks of `bs` bytes),
@@ -835,6 +898,10 @@ impl Inode {
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         le32(&self.raw, 4) | (le32(&self.raw, 108) << 32)
+    }
+    /// The block of its extended attributes (`i_file_acl`), if it has one.
+    pub fn xattr_block(&self) -> Option<u64> {
+        Some(le32(&self.raw, 104) | self.hi16(118) << 32).filter(|&b| b != 0)
     }
     fn is_fast_symlink(&self) -> bool {
         self.mode() & 0xF000 == 0xA000 && self.size() < 60

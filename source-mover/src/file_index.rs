@@ -22,6 +22,11 @@ pub struct Walk {
     /// Excluded regular files read all the same: their inode or an extent block failed its
     /// checksum, so their block map is not trusted (not counted in `excluded_files`).
     pub unverified_files: u64,
+    /// Blocks the walk saw that are not excluded files' data, as (first, end) file-system block
+    /// ranges: directory blocks, extent-tree and indirect blocks and extended-attribute blocks
+    /// of every inode walked, symlink blocks, and the data of files not excluded (a block an
+    /// excluded file shares with one of these is read). Collected only when there are excludes.
+    pub protected_blocks: Vec<(u64, u64)>,
 }
 
 /// Walks the file system from its root. Entries come in walk order; files matching an exclude
@@ -34,11 +39,15 @@ pub fn build(fs: &Ext4<'_>, excludes: &[String]) -> Result<Walk> {
     let mut walk = Walk::default();
     let mut stack = vec![(2u64, String::new(), false)];
     let mut seen = std::collections::HashSet::new();
+    let protect = !excludes.is_empty();
     while let Some((ino, path, inherited)) = stack.pop() {
         if !seen.insert(ino) {
             continue; // a directory loop (corruption): never walk it twice
         }
         let Some(dir) = fs.inode(ino)? else { continue };
+        if protect {
+            protect_blocks(fs, &dir, &mut walk.protected_blocks)?;
+        }
         for (name, child, _) in fs.read_dir(&dir)? {
             if name == b"." || name == b".." || name.contains(&b'/') || name.is_empty() {
                 continue;
@@ -72,17 +81,29 @@ pub fn build(fs: &Ext4<'_>, excludes: &[String]) -> Result<Walk> {
                     e.extents = extents(fs, &inode)?;
                     if excluded {
                         match fs.verified_runs(&inode)? {
-                            Some(runs) => {
+                            Some((runs, tree)) => {
                                 walk.excluded_blocks
                                     .extend(runs.into_iter().map(|(_, phys, n)| (phys, phys + n)));
+                                walk.protected_blocks.extend(metadata_of(&inode, &tree));
                                 walk.excluded_files += 1;
                             }
                             None => {
                                 e.excluded = false; // its blocks are read: it can be restored
                                 walk.unverified_files += 1;
+                                protect_blocks(fs, &inode, &mut walk.protected_blocks)?;
                             }
                         }
+                    } else if protect {
+                        protect_blocks(fs, &inode, &mut walk.protected_blocks)?;
                     }
+                }
+                FileKind::Symlink if protect => {
+                    protect_blocks(fs, &inode, &mut walk.protected_blocks)?;
+                }
+                FileKind::Other if protect => {
+                    // Device numbers, not blocks, fill a device's block map: only the xattrs.
+                    walk.protected_blocks
+                        .extend(inode.xattr_block().map(|b| (b, b + 1)));
                 }
                 _ => {}
             }
@@ -90,6 +111,30 @@ pub fn build(fs: &Ext4<'_>, excludes: &[String]) -> Result<Walk> {
         }
     }
     Ok(walk)
+}
+
+/// Adds every block of `inode` (data, extent-tree or indirect, extended attributes) to `out`.
+fn protect_blocks(
+    fs: &Ext4<'_>,
+    inode: &crate::ext4::Inode,
+    out: &mut Vec<(u64, u64)>,
+) -> Result<()> {
+    let (runs, tree) = fs.block_map(inode)?;
+    out.extend(runs.iter().map(|&(_, phys, n)| (phys, phys + n)));
+    out.extend(metadata_of(inode, &tree));
+    Ok(())
+}
+
+/// An inode's extent-tree or indirect blocks (`tree`, from its block map) and its
+/// extended-attribute block, as one-block ranges.
+fn metadata_of<'a>(
+    inode: &crate::ext4::Inode,
+    tree: &'a [u64],
+) -> impl Iterator<Item = (u64, u64)> + 'a {
+    tree.iter()
+        .copied()
+        .chain(inode.xattr_block())
+        .map(|b| (b, b + 1))
 }
 
 /// `[file offset, disk offset, length]` runs of a regular file, clipped to its size and merged

@@ -314,3 +314,184 @@ async fn partitions_whose_bytes_are_not_their_own_are_read_in_full() {
     }
     srv.stop().await;
 }
+
+/// The blocks of `path` in an ext4 image, from `debugfs -R blocks`.
+fn blocks_of(fs_img: &Path, path: &str) -> Vec<u64> {
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("blocks {path}"))
+        .arg(fs_img)
+        .stderr(Stdio::null()))
+    .split_whitespace()
+    .map(|b| b.parse().unwrap())
+    .collect()
+}
+
+/// Points the first extent of an extent-mapped file at `count` blocks from `start`
+/// (`debugfs sif`, on a file system without metadata checksums, so nothing stops it).
+fn forge_extent(fs_img: &Path, path: &str, start: u64, count: u64) {
+    for (field, value) in [("block[4]", count), ("block[5]", start)] {
+        run(Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(format!("sif {path} {field} {value}"))
+            .arg(fs_img)
+            .stderr(Stdio::null()));
+    }
+}
+
+/// Excluded files whose (forged) extents name an inode table, a directory, the journal and
+/// another file's data drop none of them; an honest excluded file is still dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excluded_files_drop_only_blocks_that_are_theirs() {
+    let srv = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tree = tests::images::make_tree(d);
+    std::fs::write(
+        tree.join("var/cache/app/honest.bin"),
+        noise(MIB as usize, 9),
+    )
+    .unwrap();
+    let fs_len = 40 * MIB;
+    let fs_img = d.join("forged.ext4");
+    std::fs::File::create(&fs_img)
+        .unwrap()
+        .set_len(fs_len)
+        .unwrap();
+    run(Command::new("mke2fs")
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-O",
+            "^metadata_csum",
+            "-b",
+            "4096",
+        ])
+        .args(["-E", "root_owner=0:0", "-d"])
+        .arg(&tree)
+        .arg(&fs_img));
+    let dumpe2fs = run(Command::new("dumpe2fs").arg(&fs_img).stderr(Stdio::null()));
+    let itable: u64 = dumpe2fs
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Inode table at "))
+        .and_then(|r| r.split('-').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let dir_block = blocks_of(&fs_img, "/home/user/docs")[0];
+    let journal = blocks_of(&fs_img, "<8>")[0];
+    let other = blocks_of(&fs_img, "/srv/large.bin")[0];
+    let honest: Vec<u64> = blocks_of(&fs_img, "/var/cache/app/honest.bin");
+    let targets = [
+        ("/var/cache/app/blob-0.bin", itable, 8),
+        ("/var/cache/app/blob-1.bin", dir_block, 1),
+        ("/var/cache/app/blob-2.bin", journal, 8),
+        ("/etc/hostname", other, 8),
+    ];
+    for (path, start, count) in targets {
+        forge_extent(&fs_img, path, start, count);
+    }
+    let script = format!("label: dos\nstart=2048, size={}, type=L\n", fs_len / 512);
+    let (path, parts) = partitioned(
+        d,
+        "forged",
+        fs_len + 2 * MIB,
+        &script,
+        &[std::fs::read(&fs_img).unwrap()],
+    );
+    let off = parts[0].0;
+    let bytes =
+        |start: u64, count: u64| Ranges::single(off + start * 4096, off + (start + count) * 4096);
+    let globs = vec!["/var/cache/**".to_string(), "hostname".to_string()];
+    let pl = plan(&Disk::open(&path).unwrap(), &globs).unwrap();
+    let excluded = &pl.dropped["excluded"];
+    for (p, start, count) in targets {
+        assert!(
+            excluded.intersect(&bytes(start, count)).is_empty(),
+            "{p}'s forged extent drops nothing: {:?}",
+            pl.found
+        );
+    }
+    let honest_bytes = Ranges::from_unsorted(
+        honest
+            .iter()
+            .map(|&b| (off + b * 4096, off + (b + 1) * 4096))
+            .collect(),
+    );
+    assert_eq!(*excluded, honest_bytes, "{:?}", pl.found);
+    assert!(
+        pl.found.iter().any(
+            |f| f.contains("of their blocks read: file-system metadata or other files' blocks")
+        ),
+        "{:?}",
+        pl.found
+    );
+    // Backed up with the same excludes and restored: the named blocks come back.
+    let c = client(&srv.url());
+    let mut o = opts("forged", &path, &d.join("state"));
+    o.excludes = globs
+        .iter()
+        .map(|g| ("disk0".to_string(), g.clone()))
+        .collect();
+    let r = backup(&c, &o).await.unwrap();
+    assert_eq!(r.skipped_bytes["excluded"], honest_bytes.total());
+    let out = d.join("restored.raw");
+    restore_to(&c, &r.backup_id, &out).await;
+    let (src, got) = (std::fs::read(&path).unwrap(), std::fs::read(&out).unwrap());
+    for (p, start, count) in targets {
+        let (a, b) = bytes(start, count).as_slice()[0];
+        assert!(
+            src[a as usize..b as usize] == got[a as usize..b as usize],
+            "{p}: the blocks its extent names come back byte for byte"
+        );
+    }
+    srv.stop().await;
+}
+
+/// Which blocks are in use is known only from a bitmap that holds its checksum: while one fails
+/// it, no excluded file's block is dropped on that file system.
+#[test]
+fn excluded_files_are_read_while_a_bitmap_fails_its_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = tests::images::make_tree(dir.path());
+    let img = tests::images::build(
+        dir.path(),
+        "csum",
+        tests::images::Layout::ext4(tests::images::Table::Dos, 4096, 48, 4, 1),
+        &tree,
+    );
+    let globs = vec!["/var/cache/**".to_string()];
+    let excluded_of = |path: &Path| {
+        let pl = plan(&Disk::open(path).unwrap(), &globs).unwrap();
+        (pl.dropped["excluded"].total(), pl.found)
+    };
+    let (sound, _) = excluded_of(&img.path);
+    assert!(sound >= 3 * MIB, "the excludes drop data: {sound}");
+    // Zero group 0's block bitmap: it no longer matches its metadata_csum checksum.
+    let fs_img = dir.path().join("csum.ext4");
+    tests::images::extract(&img.path, img.fs, &fs_img);
+    let bitmap: u64 = run(Command::new("dumpe2fs").arg(&fs_img).stderr(Stdio::null()))
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Block bitmap at "))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img.path)
+        .unwrap()
+        .write_all_at(&[0u8; 4096], img.fs.0 + bitmap * 4096)
+        .unwrap();
+    let (damaged, found) = excluded_of(&img.path);
+    assert_eq!(damaged, 0, "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("read as the block bitmaps are not trusted")),
+        "{found:?}"
+    );
+}
