@@ -739,7 +739,7 @@ impl<'a> Ext4<'a> {
         let (compat, ro_compat) = (le32(&sb, 0x5C), le32(&sb, 0x64));
         let backup_bgs = [le32(&sb, 0x24C), le32(&sb, 0x250)];
         let is_power = |mut g: u64, base: u64| {
-            while g > 1 && g % base == 0 {
+            while g > 1 && g.is_multiple_of(base) {
                 g /= base;
             }
             g == 1

@@ -217,6 +217,9 @@ fn used_ext4(dir: &Path, len: u64, seed: u64) -> Vec<u8> {
     std::fs::read(&p).unwrap()
 }
 
+/// A case: name, image, the (offset, length) of what must be read in full, the reason shown.
+type Case = (&'static str, PathBuf, Vec<(u64, u64)>, &'static str);
+
 /// Partitions that overlap each other or the partition table, or run past the end of the disk,
 /// are read in full (the plan line says why), and the disk restores byte for byte there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,8 +235,7 @@ async fn partitions_whose_bytes_are_not_their_own_are_read_in_full() {
     );
     let contents = vec![used_ext4(d, fs_len, 1), swap_area(d, swap_len, swap_len, 2)];
     let size = 32 * MIB;
-    // Each case: (name, image, the partitions that must be read in full, the reason shown).
-    let mut cases: Vec<(&str, PathBuf, Vec<(u64, u64)>, &str)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
 
     // 1. The ext4 partition's entry grown by 1 MiB, over the swap partition.
     let (p, parts) = partitioned(d, "overlap", size, &two, &contents);
