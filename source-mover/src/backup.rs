@@ -740,6 +740,7 @@ fn check_cbt_bases(
         Some(b) => cbt.iter().try_for_each(|(disk, l)| l.check_base(disk, b)),
         None => Ok(()),
     }
+}
 
 /// The base of a new session: `opts.base` resolved to a backup id. A base with another block
 /// size on a disk of the same name cannot be built on (the repository refuses the session):

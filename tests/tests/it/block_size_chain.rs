@@ -50,7 +50,11 @@ async fn a_block_size_change_starts_a_new_chain() {
     // An explicit base with another block size: a clear error, and no backup is made.
     let refused = mover(&full.backup_id);
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{stderr}");
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "refused before anything: {stderr}"
+    );
     assert!(
         stderr.contains("has block size 1M, this backup 256K") && stderr.contains("--base none"),
         "{stderr}"
