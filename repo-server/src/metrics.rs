@@ -38,6 +38,8 @@ pub struct Metrics {
     pub verification_failures: Counter,
     /// Open sessions.
     pub open_sessions: AtomicI64,
+    /// Sessions whose lock entry exists (those with a request in flight).
+    pub session_locks: AtomicI64,
 }
 
 impl Metrics {
@@ -98,6 +100,12 @@ impl Metrics {
             "gauge",
             "Open backup sessions.",
             self.open_sessions.load(Ordering::Relaxed),
+        );
+        one(
+            "repo_session_locks",
+            "gauge",
+            "Sessions with a lock entry in memory (those with a request in flight).",
+            self.session_locks.load(Ordering::Relaxed),
         );
         out
     }

@@ -57,8 +57,7 @@ impl Repository {
             }
         }
         self.check_disks(&r, &req)?;
-        let disk_names: Vec<_> = r.params.disks.iter().map(|d| d.name.clone()).collect();
-        let file_indexes = self.parse_file_indexes(s, &disk_names, &req.file_indexes)?;
+        let file_indexes = self.parse_file_indexes(s, &r.params.disks, &req.file_indexes)?;
         let base =
             match &r.params.base {
                 Some(b) => Some(self.catalog.backup(b)?.ok_or_else(|| {

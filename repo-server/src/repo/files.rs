@@ -5,7 +5,9 @@
 
 use std::collections::{BinaryHeap, HashMap};
 
-use schema::api::{FileIndexRef, FileListing, ListedFile, Manifest, SearchHit, SearchResults};
+use schema::api::{
+    DiskSpec, FileIndexRef, FileListing, ListedFile, Manifest, SearchHit, SearchResults,
+};
 use schema::files::{self, FileEntry, FileKind};
 use schema::{BackupId, ChunkId, DiskName, ErrorCode, SessionId};
 
@@ -97,15 +99,15 @@ impl Repository {
     pub(crate) fn parse_file_indexes(
         &self,
         s: &SessionId,
-        disks: &[DiskName],
+        disks: &[DiskSpec],
         refs: &[FileIndexRef],
     ) -> Result<Vec<ParsedIndex>> {
         let mut out: Vec<ParsedIndex> = Vec::new();
         for r in refs {
             let what = format!("file index of disk {} partition {}", r.disk, r.partition);
-            if !disks.contains(&r.disk) {
+            let Some(disk) = disks.iter().find(|d| d.name == r.disk) else {
                 return Err(invalid(format!("{what}: the session has no such disk")));
-            }
+            };
             if out
                 .iter()
                 .any(|p| p.disk == r.disk && p.partition == r.partition)
@@ -124,16 +126,22 @@ impl Repository {
                     format!("{what}: its chunks must be uploaded (or found present) in this session first"),
                 ));
             }
-            out.push(self.load_file_index(r, &what)?);
+            out.push(self.load_file_index(r, &what, disk.size)?);
         }
         Ok(out)
     }
 
-    /// Reads and parses the file index `r` names from its stored chunks.
+    /// Reads and parses the file index `r` names from its stored chunks; every extent must lie
+    /// inside its file and inside the disk of `disk_size` bytes.
     ///
     /// # Errors
     /// 422 `LENGTH_MISMATCH` / `INVALID_BODY` / `UNKNOWN_CHUNK`, 409 `COUNT_MISMATCH`.
-    pub(crate) fn load_file_index(&self, r: &FileIndexRef, what: &str) -> Result<ParsedIndex> {
+    pub(crate) fn load_file_index(
+        &self,
+        r: &FileIndexRef,
+        what: &str,
+        disk_size: u64,
+    ) -> Result<ParsedIndex> {
         {
             let metas = self.catalog.chunks(&r.chunks)?;
             let total: u64 = metas.iter().flatten().map(|m| m.raw_len).sum();
@@ -174,6 +182,8 @@ impl Repository {
                         e.path
                     )));
                 }
+                check_extents(&e, disk_size)
+                    .map_err(|why| invalid(format!("{what}, line {}: {}: {why}", n + 1, e.path)))?;
                 entries.push(e);
             }
             if entries.len() as u64 != r.files {
@@ -378,12 +388,12 @@ impl Repository {
         let bs = u64::from(img.disk.block_size);
         for &[foff, doff, len] in &e.extents {
             let a = foff.max(first);
-            let z = (foff + len).min(last + 1);
+            let z = foff.saturating_add(len).min(last + 1);
             if a >= z {
                 continue;
             }
             // Disk bytes [doff + (a - foff), doff + (z - foff)) into out[a - first..].
-            let (mut d, dend) = (doff + (a - foff), doff + (z - foff));
+            let (mut d, dend) = (doff.saturating_add(a - foff), doff.saturating_add(z - foff));
             let mut o = (a - first) as usize;
             while d < dend {
                 let b = d / bs;
@@ -530,6 +540,30 @@ impl Repository {
             truncated,
         })
     }
+}
+
+/// Why an entry's extents cannot be read back from a disk of `disk_size` bytes, if they cannot:
+/// each must be non-empty and end inside both the file (its size) and the disk, without
+/// overflow.
+fn check_extents(e: &FileEntry, disk_size: u64) -> std::result::Result<(), String> {
+    for (i, &[foff, doff, len]) in e.extents.iter().enumerate() {
+        let ext = format!("extent {i} [{foff}, {doff}, {len}]");
+        if len == 0 {
+            return Err(format!("{ext} is empty"));
+        }
+        if foff.checked_add(len).is_none_or(|end| end > e.size) {
+            return Err(format!(
+                "{ext} ends past the file's size of {} bytes",
+                e.size
+            ));
+        }
+        if doff.checked_add(len).is_none_or(|end| end > disk_size) {
+            return Err(format!(
+                "{ext} ends past the disk's end at {disk_size} bytes"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn entry_json(e: &FileEntry) -> ListedFile {

@@ -126,6 +126,46 @@ pub struct Repository {
     clock: AtomicI64,
 }
 
+/// A handle on one session's lock (see [`Repository::session_lock`]): dropping the last handle
+/// removes the session's entry.
+#[derive(Debug)]
+struct SessionLock<'r> {
+    repo: &'r Repository,
+    id: SessionId,
+    lock: Option<Arc<RwLock<()>>>,
+}
+
+impl std::ops::Deref for SessionLock<'_> {
+    type Target = RwLock<()>;
+
+    fn deref(&self) -> &RwLock<()> {
+        // Only `drop` takes it out.
+        self.lock.as_deref().unwrap_or(&NO_LOCK)
+    }
+}
+
+/// What a [`SessionLock`] derefs to once dropped (never observed).
+static NO_LOCK: RwLock<()> = RwLock::new(());
+
+impl Drop for SessionLock<'_> {
+    fn drop(&mut self) {
+        // Handles are cloned and released only under the map's mutex, so the count is exact.
+        let mut m = self
+            .repo
+            .session_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        drop(self.lock.take());
+        if m.get(&self.id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            m.remove(&self.id);
+        }
+        self.repo
+            .metrics
+            .session_locks
+            .store(m.len() as i64, Ordering::Relaxed);
+    }
+}
+
 /// Where a repository keeps its data: chunk frames, index blobs, manifests.
 #[derive(Debug, Clone)]
 pub struct Stores {
@@ -228,9 +268,20 @@ impl Repository {
         self.clock.store(ms, Ordering::Relaxed);
     }
 
-    fn session_lock(&self, s: &SessionId) -> Arc<RwLock<()>> {
+    /// The lock of session `s`. Its entry in `session_locks` lives only while some request
+    /// holds the returned handle, so neither ended sessions nor made-up session ids leave
+    /// anything behind.
+    fn session_lock(&self, s: &SessionId) -> SessionLock<'_> {
         let mut m = self.session_locks.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(*s).or_default().clone()
+        let lock = m.entry(*s).or_default().clone();
+        self.metrics
+            .session_locks
+            .store(m.len() as i64, Ordering::Relaxed);
+        SessionLock {
+            repo: self,
+            id: *s,
+            lock: Some(lock),
+        }
     }
 
     fn stripe(&self, c: &ChunkId) -> std::sync::MutexGuard<'_, ()> {

@@ -212,7 +212,14 @@ impl Repository {
     /// Internal errors when a chunk is missing or corrupt.
     pub fn read_block(&self, img: &DiskImage, b: u64) -> Result<Vec<u8>> {
         let len = img.block_len(b);
-        let id = img.index[b as usize];
+        // Callers stay inside the disk (commit bounds-checks file extents); a manifest from
+        // before those checks could still point past it, and that is an error, not a panic.
+        let Some(&id) = usize::try_from(b).ok().and_then(|i| img.index.get(i)) else {
+            return Err(Error::internal(
+                &format!("reading block {b} of disk {}", img.disk.name),
+                format!("the disk has {} blocks", img.index.len()),
+            ));
+        };
         if id.is_hole() {
             return Ok(vec![0; len as usize]);
         }

@@ -137,7 +137,12 @@ impl Repository {
         let mut parsed = Vec::new();
         for r in &m.file_indexes {
             let what = format!("file index of disk {} partition {}", r.disk, r.partition);
-            parsed.push(self.load_file_index(r, &what)?);
+            let disk_size = m
+                .disks
+                .iter()
+                .find(|d| d.name == r.disk)
+                .map_or(0, |d| d.size);
+            parsed.push(self.load_file_index(r, &what, disk_size)?);
         }
         let mut b = self.catalog.batch();
         b.put_backup(&m, created)?;

@@ -756,3 +756,229 @@ async fn commit_refuses_missing_chunks_and_heals_after_reupload() {
     assert!(c.get(&format!("/v1/backups/{b}/disks/d/image")).await.body == data);
     srv.stop().await;
 }
+
+/// Uploads `bytes` as one chunk of session `s` (what a mover does with a file index).
+async fn upload_blob(c: &Client, s: &schema::SessionId, bytes: &[u8]) -> ChunkId {
+    let id = ChunkId::of(bytes);
+    let len = bytes.len().to_string();
+    let r = c
+        .send(
+            Method::PUT,
+            &format!("/v1/sessions/{s}/chunks/{id}"),
+            &[("content-type", "application/zstd"), ("chunk-length", &len)],
+            zstd::bulk::compress(bytes, 3).unwrap(),
+        )
+        .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    id
+}
+
+#[tokio::test]
+async fn file_index_extents_outside_the_file_or_the_disk_get_422_naming_the_line() {
+    let srv = TestServer::start().await;
+    let c = Client::h2(&srv.url(), Some(BACKUP_A));
+    let data = test_data(2 * BS as usize, 21);
+    let disk_size = data.len() as u64;
+    let s = new_session();
+    let spec =
+        json!({"source": "vm-x", "disks": [{"name": "d", "size": disk_size, "block_size": BS}]});
+    expect(
+        &c.json(Method::PUT, &format!("/v1/sessions/{s}"), &spec)
+            .await,
+        201,
+        "",
+        "create",
+    );
+    let d = DiskUpload {
+        name: "d",
+        data: &data,
+        block_size: BS,
+    };
+    tests::backup::upload_chunks(&c, &s, &[d]).await;
+    let (n, sum) = tests::backup::send_records(&c, &s, &d).await;
+    // A file index whose second line is a 4 KiB file with `extents`.
+    let index = |extents: serde_json::Value| {
+        let dir = json!({"path": "/etc", "kind": "dir", "size": 4096, "mode": 0o40755, "uid": 0, "gid": 0, "mtime": 0});
+        let file = json!({"path": "/etc/f", "kind": "file", "size": 4096, "mode": 0o100644, "uid": 0, "gid": 0, "mtime": 0, "extents": extents});
+        format!("{dir}\n{file}\n").into_bytes()
+    };
+    let m = u64::MAX;
+    let bad = [
+        (json!([[0, disk_size - 100, 4096]]), "past the disk's end"),
+        (json!([[0, disk_size, 1]]), "past the disk's end"),
+        (json!([[0, m - 10, 100]]), "past the disk's end"),
+        (json!([[m - 10, 0, 100]]), "past the file's size"),
+        (json!([[0, 0, 8192]]), "past the file's size"),
+        (json!([[0, 0, 4096], [100, 0, 0]]), "is empty"),
+    ];
+    let mut refs = Vec::new();
+    for (extents, _) in &bad {
+        let bytes = index(extents.clone());
+        let id = upload_blob(&c, &s, &bytes).await;
+        refs.push(
+            json!({"disk": "d", "partition": 0, "files": 2, "bytes": bytes.len(), "chunks": [id]}),
+        );
+    }
+    let good = index(json!([[0, disk_size - 4096, 4096]]));
+    let good_id = upload_blob(&c, &s, &good).await;
+    let before = (snapshot(&srv.data), snapshot(&srv.store_dir()));
+    let commit = |file_index: &serde_json::Value| json!({"disks": {"d": {"entries": n, "records_blake3": sum}}, "file_indexes": [file_index]});
+    for ((extents, why), r) in bad.iter().zip(&refs) {
+        let resp = c
+            .json(
+                Method::POST,
+                &format!("/v1/sessions/{s}/commit"),
+                &commit(r),
+            )
+            .await;
+        let what = format!("extents {extents}");
+        expect(&resp, 422, "INVALID_BODY", &what);
+        let msg = resp.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            msg.contains("line 2") && msg.contains("/etc/f") && msg.contains(why),
+            "{what}: {msg}"
+        );
+    }
+    let after = (snapshot(&srv.data), snapshot(&srv.store_dir()));
+    assert_eq!(before, after, "a refused commit changed the data dir");
+    // The session is still open; a sound index commits and its file reads back from the disk.
+    let r = c
+        .json(
+            Method::POST,
+            &format!("/v1/sessions/{s}/commit"),
+            &commit(&json!({"disk": "d", "partition": 0, "files": 2, "bytes": good.len(), "chunks": [good_id]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let b = r.json()["backup_id"].as_str().unwrap().to_owned();
+    let f = c
+        .get(&format!("/v1/backups/{b}/files/content?path=/etc/f"))
+        .await;
+    assert_eq!(f.status, StatusCode::OK);
+    assert!(f.body[..] == data[data.len() - 4096..]);
+    srv.stop().await;
+}
+
+/// `repo_session_locks` from `/metrics`.
+async fn session_locks(c: &Client) -> i64 {
+    let text = String::from_utf8(c.get("/metrics").await.body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("repo_session_locks "))
+        .unwrap_or_else(|| panic!("no repo_session_locks in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_session_ids_and_ended_sessions_leave_no_session_locks() {
+    let srv = TestServer::start().await;
+    let c = Client::h2(&srv.url(), Some(BACKUP_A));
+    let data = test_data(BS as usize, 22);
+    let id = ChunkId::of(&data);
+    let frame = bytes::Bytes::from(zstd::bulk::compress(&data, 3).unwrap());
+    // 10,000 requests naming sessions that do not exist, every kind that takes a session lock.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..10_000u32 {
+        let c = c.clone();
+        let frame = frame.clone();
+        set.spawn(async move {
+            let s = new_session();
+            let len = BS.to_string();
+            let r = match i % 4 {
+                0 => {
+                    c.send(
+                        Method::PUT,
+                        &format!("/v1/sessions/{s}/chunks/{id}"),
+                        &[("content-type", "application/zstd"), ("chunk-length", &len)],
+                        frame,
+                    )
+                    .await
+                }
+                1 => {
+                    c.send(
+                        Method::POST,
+                        &format!("/v1/sessions/{s}/find-missing"),
+                        &[("content-type", "application/octet-stream")],
+                        id.0.to_vec(),
+                    )
+                    .await
+                }
+                2 => {
+                    let rec = IndexRecord { block: 0, id };
+                    c.send(
+                        Method::PUT,
+                        &format!("/v1/sessions/{s}/disks/d/entries?start=0"),
+                        &[("content-type", "application/octet-stream")],
+                        IndexRecord::encode_all(&[rec]),
+                    )
+                    .await
+                }
+                _ => {
+                    c.json(
+                        Method::POST,
+                        &format!("/v1/sessions/{s}/commit"),
+                        &json!({"disks": {}}),
+                    )
+                    .await
+                }
+            };
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
+        });
+        while set.len() >= 64 {
+            set.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(
+        session_locks(&c).await,
+        0,
+        "made-up sessions left lock entries"
+    );
+    // A committed backup, an aborted session and an expired one leave none either.
+    backup_disk(
+        &c,
+        "vm-l",
+        None,
+        &[DiskUpload {
+            name: "d",
+            data: &data,
+            block_size: BS,
+        }],
+    )
+    .await;
+    let spec = json!({"source": "vm-l", "disks": [{"name": "d", "size": BS, "block_size": BS}]});
+    let aborted = new_session();
+    c.json(Method::PUT, &format!("/v1/sessions/{aborted}"), &spec)
+        .await;
+    let r = c
+        .send(
+            Method::DELETE,
+            &format!("/v1/sessions/{aborted}"),
+            &[],
+            vec![],
+        )
+        .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
+    let idle = new_session();
+    c.json(Method::PUT, &format!("/v1/sessions/{idle}"), &spec)
+        .await;
+    srv.repo
+        .set_clock(repo_server::repo::now_ms() + 30 * 86_400_000);
+    let repo = srv.repo.clone();
+    // (The server's own expiry worker may get there first.)
+    tokio::task::spawn_blocking(move || repo.expire_sessions())
+        .await
+        .unwrap()
+        .unwrap();
+    let st = c.get(&format!("/v1/sessions/{idle}")).await.json();
+    assert_eq!(st["state"], "aborted", "{st}");
+    assert_eq!(
+        session_locks(&c).await,
+        0,
+        "ended sessions left lock entries"
+    );
+    srv.stop().await;
+}
