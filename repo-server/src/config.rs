@@ -128,6 +128,10 @@ pub struct StoreConfig {
     /// GC never removes a chunk touched less than this long before the oldest open session began.
     #[serde(deserialize_with = "duration")]
     pub gc_margin: Duration,
+    /// Stored bytes per second verify reads at most, so it leaves the disks to backups (none:
+    /// as fast as it can).
+    #[serde(deserialize_with = "opt_size")]
+    pub verify_rate: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -135,6 +139,7 @@ impl Default for StoreConfig {
         StoreConfig {
             raw_upload_zstd_level: 3,
             gc_margin: Duration::from_secs(3600),
+            verify_rate: None,
         }
     }
 }
@@ -325,6 +330,9 @@ impl Config {
         }
         if !(1..=22).contains(&self.store.raw_upload_zstd_level) {
             return bad("store.raw_upload_zstd_level must be between 1 and 22");
+        }
+        if self.store.verify_rate == Some(0) {
+            return bad("store.verify_rate must be above 0 (leave it out for no limit)");
         }
         Ok(())
     }

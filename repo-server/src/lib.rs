@@ -14,7 +14,7 @@
 //! - [`server`]: the accept loop (h2c + HTTP/1.1 + TLS), limits, graceful shutdown.
 //! - [`fail`]: fail points for crash tests (compiled in with the `failpoints` feature).
 //! - [`metrics`]: Prometheus counters.
-//! - [`rate`]: per-tenant ingest pacing.
+//! - [`rate`]: per-tenant ingest pacing, and the pace of verify.
 //!
 //! The binary (`src/bin/repo-server.rs`) parses the command line and calls [`server::run`].
 

@@ -120,6 +120,7 @@ impl Repository {
         // Durable index blobs first.
         let now = self.now();
         let mut disks = Vec::new();
+        let mut indexes_written = Vec::new();
         let mut logical = 0u64;
         for (d, index) in r.params.disks.iter().zip(&indexes) {
             let mut blob = Vec::with_capacity(index.len() * 32);
@@ -128,6 +129,7 @@ impl Repository {
             }
             let h = ChunkId::of(&blob);
             self.indexes.put(&h, &blob)?;
+            indexes_written.push(h);
             logical += d.size;
             disks.push(ManifestDisk {
                 name: d.name.clone(),
@@ -177,6 +179,10 @@ impl Repository {
             .put_manifest(&manifest.id, &json)
             .map_err(|e| Error::storage("writing the manifest", e))?;
         let mut b = self.catalog.batch();
+        for d in &indexes_written {
+            // A running GC keeps the index blobs of backups committed after its snapshot.
+            self.mark_live(&mut b, d);
+        }
         b.put_backup(&manifest, now)?;
         Self::put_file_indexes(&mut b, &manifest, now, &file_indexes)?;
         b.add(counter::BACKUPS, 1);

@@ -1,14 +1,23 @@
 //! Background jobs: GC (mark and sweep) and verify.
 //!
-//! GC holds the repository's `gc` lock for writing from the start of marking to the end of the
-//! sweep, so no chunk can be found present, uploaded, pinned or committed in between: the mark
-//! set (committed backups' indexes and open sessions' pins) is exact for the sweep. It also never
-//! removes a chunk touched after the oldest open session began, minus the configured margin.
-//! The mark set is held in memory (32 bytes per referenced chunk).
+//! No job holds the repository's `gc` lock across more than one slice of its work, so uploads,
+//! pins and commits (which take it for reading) wait at most that long, even while a GC waits
+//! for the write lock (std's `RwLock` then holds new readers back).
 //!
-//! Verify re-reads every chunk, decompresses and re-hashes it; a corrupt or missing chunk is
-//! marked bad (find-missing then reports it missing, so the next backup re-sends and heals it),
-//! its file moved to `quarantine/`, and the report names every backup that references it.
+//! GC takes the write lock only for moments: to set `gc_active` and take a snapshot (from then
+//! on every pin, upload and commit also writes its chunks and index blobs into the mark set, in
+//! its own batch); then it marks, without the lock, every chunk of every backup and every pin in
+//! the snapshot (the `gcmark` column family, streamed); then it sweeps the chunk table, owner
+//! rows, distinct names and index blobs a slice at a time, finding candidates without the lock
+//! and taking it only for a slice with candidates, which it checks again before removing them.
+//! It never removes a chunk touched after the oldest open session began, minus the configured
+//! margin.
+//!
+//! Verify re-reads every chunk, decompresses and re-hashes it, without a lock (paced by
+//! `[store] verify_rate` when set); a corrupt or missing chunk is checked again under the read
+//! lock and its stripe lock, then marked bad (find-missing then reports it missing, so the next
+//! backup re-sends and heals it), its file moved to `quarantine/`, and the report names every
+//! backup that references it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -234,9 +243,11 @@ impl Repository {
         p.set_phase("mark");
         let mut backups = 0u64;
         let mut references = 0u64;
+        let mut live_indexes = HashSet::new();
         let mut b = self.catalog.batch();
         self.catalog.for_each_backup_in(snap, |m| {
             backups += 1;
+            live_indexes.extend(m.disks.iter().map(|d| d.index_blake3.clone()));
             for d in &m.disks {
                 self.for_each_index_id(&m, d, |c| {
                     if !c.is_hole() {
@@ -384,20 +395,33 @@ impl Repository {
             self.catalog.write(b)?;
         }
 
-        // Index blobs no backup names, under the write lock so no commit is half-way.
+        // Index blobs that no backup of the snapshot names and no commit since has marked,
+        // found without any lock; each slice of them is removed under the write lock after
+        // checking the marks again (then no commit is half-way, and every commit after the
+        // snapshot marked its index blobs in its batch).
         p.set_phase("indexes");
         crate::fail::hit("gc.before_index_removal");
         let mut indexes_removed = 0u64;
-        {
+        let unnamed: Vec<ChunkId> = self
+            .indexes
+            .list()?
+            .into_iter()
+            .filter(|h| !live_indexes.contains(&h.hex()))
+            .collect();
+        for slice in unnamed.chunks(SWEEP_SLICE) {
+            let candidates: Vec<ChunkId> = slice
+                .iter()
+                .zip(self.catalog.marked(slice)?)
+                .filter(|(_, m)| !m)
+                .map(|(h, _)| *h)
+                .collect();
+            if candidates.is_empty() {
+                continue;
+            }
             let _w = self.gc.write().unwrap_or_else(|e| e.into_inner());
-            let mut live = HashSet::new();
-            self.catalog.for_each_backup(|m| {
-                live.extend(m.disks.iter().map(|d| d.index_blake3.clone()));
-                Ok(())
-            })?;
-            for h in self.indexes.list()? {
-                if !live.contains(&h.hex()) {
-                    self.indexes.delete(&h)?;
+            for (h, m) in candidates.iter().zip(self.catalog.marked(&candidates)?) {
+                if !m {
+                    self.indexes.delete(h)?;
                     indexes_removed += 1;
                 }
             }
@@ -426,8 +450,12 @@ impl Repository {
     }
 
     /// Re-reads and re-hashes every chunk, or the part `req` selects, a slice at a time.
+    ///
+    /// Reading and hashing take no lock (a chunk GC removes meanwhile just reads as missing);
+    /// only writing a slice's results does, each a moment: the verified times under the `gc`
+    /// read lock, for rows that still exist; each damaged chunk's quarantine under the `gc`
+    /// read lock and its stripe lock, after checking it again.
     fn verify(&self, p: &Progress, req: &VerifyRequest) -> Result<Value> {
-        let _r = self.gc_read();
         p.set_phase("verify");
         p.total.store(
             self.catalog.counter(counter::CHUNKS)?.max(0) as u64,
@@ -439,6 +467,7 @@ impl Repository {
         let fresh_after = req
             .not_verified_days
             .map(|d| now - (d * 86_400_000.0) as i64);
+        let mut pace = self.settings.verify_rate.map(crate::rate::Pacer::new);
         let (mut checked, mut skipped) = (0u64, 0u64);
         let (mut corrupt, mut missing) = (Vec::new(), Vec::new());
         let mut after: Option<Box<[u8]>> = None;
@@ -456,7 +485,7 @@ impl Repository {
                 Some(_) => self.catalog.verified(&ids)?,
                 None => vec![None; ids.len()],
             };
-            let mut b = self.catalog.batch();
+            let (mut sound, mut damaged) = (Vec::new(), Vec::new());
             for ((c, (_, v)), when) in ids.iter().zip(&rows).zip(verified) {
                 p.done.fetch_add(1, Ordering::Relaxed);
                 let sampled = threshold.is_none_or(|t| {
@@ -478,44 +507,38 @@ impl Repository {
                     continue;
                 }
                 checked += 1;
+                if let Some(pace) = &mut pace {
+                    pace.take(m.stored_len);
+                }
                 match self.chunk_health(c, &m)? {
-                    Health::Sound => b.put_verified(c, now),
-                    Health::Missing => missing.push(*c),
-                    Health::Corrupt => corrupt.push(*c),
+                    Health::Sound => sound.push(*c),
+                    _ => damaged.push(*c),
                 }
             }
-            if !b.is_empty() {
-                self.catalog.write(b)?;
+            if !sound.is_empty() {
+                // Under the read lock no sweep slice runs, so no row is gone between this check
+                // and the write (a verified time without its chunk would outlive it).
+                let _gc = self.gc_read();
+                let mut b = self.catalog.batch();
+                for (c, m) in sound.iter().zip(self.catalog.chunks(&sound)?) {
+                    if m.is_some() {
+                        b.put_verified(c, now);
+                    }
+                }
+                if !b.is_empty() {
+                    self.catalog.write(b)?;
+                }
+            }
+            for c in damaged {
+                match self.quarantine_if_damaged(&c)? {
+                    Some(Health::Missing) => missing.push(c),
+                    Some(Health::Corrupt) => corrupt.push(c),
+                    Some(Health::Sound) | None => {}
+                }
             }
         }
-        let mut bad: HashSet<ChunkId> = corrupt.iter().chain(&missing).copied().collect();
+        let bad: HashSet<ChunkId> = corrupt.iter().chain(&missing).copied().collect();
         if !bad.is_empty() {
-            // Under the chunk's stripe lock (the one uploads write under), check again: an upload
-            // may have healed it since, and a sound copy must not be quarantined.
-            let mut healed = HashSet::new();
-            for c in &bad {
-                let _stripe = self.stripe(c);
-                match self.catalog.chunk(c)? {
-                    Some(m) if self.chunk_health(c, &m)? != Health::Sound => {
-                        self.chunks.quarantine(c)?;
-                        let mut b = self.catalog.batch();
-                        b.put_chunk(
-                            c,
-                            ChunkMeta {
-                                flags: m.flags | ChunkMeta::BAD,
-                                ..m
-                            },
-                        );
-                        self.catalog.write(b)?;
-                    }
-                    _ => {
-                        healed.insert(*c);
-                    }
-                }
-            }
-            bad.retain(|c| !healed.contains(c));
-            corrupt.retain(|c| !healed.contains(c));
-            missing.retain(|c| !healed.contains(c));
             self.metrics.verification_failures.add(bad.len() as u64);
             tracing::warn!(
                 corrupt = corrupt.len(),
@@ -550,6 +573,34 @@ enum Health {
 }
 
 impl Repository {
+    /// Checks a chunk verify found damaged again, under the `gc` read lock (no sweep removes
+    /// it meanwhile) and its stripe lock (the one uploads write under): if its row is still
+    /// there and its file still damaged, moves the file to quarantine and marks the row bad.
+    /// Returns what it found then, or `None` when an upload healed the chunk since (a sound copy
+    /// must not be quarantined) or GC removed it.
+    fn quarantine_if_damaged(&self, c: &ChunkId) -> Result<Option<Health>> {
+        let _gc = self.gc_read();
+        let _stripe = self.stripe(c);
+        let Some(m) = self.catalog.chunk(c)? else {
+            return Ok(None);
+        };
+        let health = self.chunk_health(c, &m)?;
+        if health == Health::Sound {
+            return Ok(None);
+        }
+        self.chunks.quarantine(c)?;
+        let mut b = self.catalog.batch();
+        b.put_chunk(
+            c,
+            ChunkMeta {
+                flags: m.flags | ChunkMeta::BAD,
+                ..m
+            },
+        );
+        self.catalog.write(b)?;
+        Ok(Some(health))
+    }
+
     /// Reads, decompresses and re-hashes one chunk's file.
     fn chunk_health(&self, c: &ChunkId, m: &ChunkMeta) -> Result<Health> {
         match self.chunks.get(c) {

@@ -11,9 +11,12 @@
 //! Locking, outermost first (never taken the other way round):
 //! 1. `gc` (read by every operation that pins or references chunks; write by GC only for
 //!    moments: to start live marking and take its snapshot, and around each slice it deletes),
-//!    so a sweep never runs between a chunk being found present and it being pinned or marked;
+//!    so a sweep never runs between a chunk being found present and it being pinned or marked.
+//!    Long jobs (verify, prune) take the read lock per slice only: a GC waiting for the write
+//!    lock holds every new reader back, so a reader held for long would stall all ingest;
 //! 2. the session's own lock (read by find-missing and chunk uploads, write by record appends,
-//!    commit and abort), so nothing pins into a session that is being committed;
+//!    commit and abort), so nothing pins into a session that is being committed; its entry
+//!    exists only while a request holds it;
 //! 3. a stripe lock per chunk id while its file and row are created.
 //!
 //! All methods block (RocksDB, files, zstd, blake3); the HTTP layer calls them from blocking
@@ -68,6 +71,8 @@ pub struct Settings {
     pub raw_level: i32,
     /// GC safety margin, ms.
     pub gc_margin_ms: i64,
+    /// Stored bytes per second verify reads at most (none: unpaced).
+    pub verify_rate: Option<u64>,
     /// Immutability window, ms: younger backups cannot be deleted by anyone.
     pub min_age_ms: i64,
     /// Retention policies by source, and the default.
@@ -82,6 +87,7 @@ impl From<&Config> for Settings {
             session_ttl_ms: c.limits.session_idle_ttl.as_millis() as i64,
             raw_level: c.store.raw_upload_zstd_level,
             gc_margin_ms: c.store.gc_margin.as_millis() as i64,
+            verify_rate: c.store.verify_rate,
             min_age_ms: c
                 .retention
                 .min_age

@@ -344,7 +344,6 @@ impl Repository {
     /// `BACKUP_IMMUTABLE` inside the immutability window.
     pub fn delete_backup(&self, caller: &Caller, id: &BackupId) -> Result<()> {
         caller.require_admin()?;
-        let _gc = self.gc_read();
         let m = self.manifest(caller, id)?;
         self.delete_checked(&m)
     }

@@ -19,6 +19,9 @@ impl Repository {
     /// # Errors
     /// 409 `BACKUP_IMMUTABLE`, 409 `BACKUP_IN_USE`, RocksDB errors.
     pub(crate) fn delete_checked(&self, m: &Manifest) -> Result<()> {
+        // One deletion at a time under the `gc` read lock: a prune of many backups never holds
+        // it across more than one of them.
+        let _gc = self.gc_read();
         self.deletable(m)?;
         let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
         // The stored manifest goes first: a crash after it leaves the backup in the catalog (a
@@ -119,7 +122,6 @@ impl Repository {
     /// # Errors
     /// RocksDB errors.
     pub fn apply_retention(&self, dry_run: bool, only: Option<&str>) -> Result<Value> {
-        let _gc = self.gc_read();
         let mut groups: BTreeMap<(String, String), Vec<Manifest>> = BTreeMap::new();
         self.catalog.for_each_backup(|m| {
             if only.is_none_or(|s| s == m.source) {

@@ -13,6 +13,7 @@ mod crash;
 mod gateway;
 mod gc_scale;
 mod hostile;
+mod jobs_latency;
 mod journal;
 mod lifecycle;
 mod limits;
