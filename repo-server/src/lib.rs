@@ -12,16 +12,20 @@
 //! - [`repo`]: the repository's operations (sessions, ingest, commit, reads, jobs), blocking.
 //! - [`http`]: the axum router; thin handlers that parse, call [`repo::Repository`], answer.
 //! - [`server`]: the accept loop (h2c + HTTP/1.1 + TLS), limits, graceful shutdown.
-//! - [`fail`]: fail points for crash tests (compiled in with the `failpoints` feature).
+//! - [`fail`]: fail points for crash tests, inert unless a test binary arms one.
 //! - [`metrics`]: Prometheus counters.
 //! - [`rate`]: per-tenant ingest pacing, and the pace of verify.
 //!
-//! The binary (`src/bin/repo-server.rs`) parses the command line and calls [`server::run`].
+//! - [`cli`]: the `repo-server` command line (serve, `check`, `rescan`).
+//!
+//! The binary (`src/bin/repo-server.rs`) only calls [`cli::main`], which parses the command line
+//! and calls [`server::run`].
 
 pub mod auth;
 pub mod catalog;
 pub mod check;
 pub mod chunk_store;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fail;

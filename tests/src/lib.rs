@@ -1,7 +1,8 @@
 //! Harness of the integration tests: real servers on loopback and real HTTP clients.
 //!
 //! - [`TestServer`]: a repository served in-process (real sockets, real RocksDB) on `127.0.0.1:0`.
-//! - [`ChildServer`]: the built `repo-server` binary as a child process, for crash tests.
+//! - [`ChildServer`]: a built server binary as a child process, for crash tests (the shipped
+//!   `repo-server`, or `repo-server-failpoints` with a fail point armed).
 //! - [`Client`]: an HTTP client (h2c prior knowledge, HTTP/1.1, or HTTP/2 over TLS) built on hyper.
 //! - [`backup`]: a minimal mover used to drive whole sessions.
 //! - [`images`]: disk images made with real tools. [`jobs`]: GC and verify to completion.
@@ -18,6 +19,6 @@ pub mod server;
 pub use backup::{backup_disk, DiskUpload};
 pub use client::{Client, Resp};
 pub use server::{
-    files_under, gateway_binary, mover_binary, smb_store, snapshot, ChildServer, TestServer, ADMIN,
-    BACKUP_A, BACKUP_B, READER_A,
+    failpoint_server_binary, files_under, gateway_binary, mover_binary, smb_store, snapshot,
+    ChildServer, TestServer, ADMIN, BACKUP_A, BACKUP_B, READER_A,
 };

@@ -135,11 +135,12 @@ impl TestServer {
     }
 }
 
-/// Path of the built `repo-server` binary (beside the test executable's `deps/` directory).
-pub fn server_binary() -> PathBuf {
+/// Path of the built binary `name` of this workspace: beside the test executable's `deps/`
+/// directory, i.e. in the target directory's `release/`.
+fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("repo-server");
+    let bin = dir.join(name);
     assert!(
         bin.is_file(),
         "{} is missing: build it first with `cargo build --release --workspace` (scripts/test.sh does)",
@@ -148,14 +149,25 @@ pub fn server_binary() -> PathBuf {
     bin
 }
 
+/// Path of the built `repo-server` binary: the one users run (no fail point can fire in it).
+pub fn server_binary() -> PathBuf {
+    built_binary("repo-server")
+}
+
+/// Path of the crash-test build of `repo-server` (`src/bin/repo-server-failpoints.rs` of this
+/// crate): the same program with the fail point named by `REPO_FAILPOINT` armed.
+pub fn failpoint_server_binary() -> PathBuf {
+    built_binary("repo-server-failpoints")
+}
+
 /// Path of the built `gateway` binary.
 pub fn gateway_binary() -> PathBuf {
-    server_binary().with_file_name("gateway")
+    built_binary("gateway")
 }
 
 /// Path of the built `source-mover` binary.
 pub fn mover_binary() -> PathBuf {
-    server_binary().with_file_name("source-mover")
+    built_binary("source-mover")
 }
 
 /// The `repo-server` binary as a child process.
@@ -178,12 +190,13 @@ impl ChildServer {
     }
 
     /// Starts the binary on `data`, listening on `listen`, with `extra` appended to its TOML
-    /// configuration and `env` in its environment (e.g. `REPO_FAILPOINT`).
+    /// configuration and `env` in its environment.
     pub fn start_with(data: &Path, listen: &str, extra: &str, env: &[(&str, &str)]) -> ChildServer {
         Self::start_bin(&server_binary(), data, listen, extra, env)
     }
 
-    /// [`ChildServer::start_with`] for another binary of the same command line (the gateway).
+    /// [`ChildServer::start_with`] for another binary of the same command line (the gateway,
+    /// or [`failpoint_server_binary`] with `REPO_FAILPOINT` in `env`).
     pub fn start_bin(
         bin: &Path,
         data: &Path,

@@ -1,6 +1,7 @@
 //! The crash campaign: many runs that each start the server, push concurrent backups of small
 //! images with shared chunks while GC and prune loop, and kill the server — at a random fail point
-//! (`REPO_FAILPOINT`, an `abort()` inside a write path) or with SIGKILL at a random moment. After
+//! (`REPO_FAILPOINT`, an `abort()` inside a write path, in the crash-test binary
+//! `repo-server-failpoints`) or with SIGKILL at a random moment. After
 //! each death: `repo-server check` finds no inconsistency; after a restart every backup ever
 //! acknowledged as committed either streams back byte-for-byte or was legitimately pruned (three
 //! newer backups of its source exist), and every interrupted session resumes to a commit (odd
@@ -20,7 +21,7 @@ use http::{Method, StatusCode};
 use schema::{ChunkId, IndexRecord, SessionId};
 use serde_json::{json, Value};
 use tests::backup::{blocks, new_session};
-use tests::{ChildServer, Client, ADMIN, BACKUP_A};
+use tests::{failpoint_server_binary, ChildServer, Client, ADMIN, BACKUP_A};
 
 const BS: u32 = 256 << 10;
 const SOURCES: [&str; 3] = ["vm-a", "vm-b", "vm-c"];
@@ -264,6 +265,7 @@ async fn crash_campaign_loses_nothing() {
     let mut ack_seq = 0u64;
     let mut stats: BTreeMap<String, u64> = BTreeMap::new();
     let mut verified_images = 0u64;
+    let (mut armed_runs, mut aborted_runs) = (0usize, 0usize);
     let started = Instant::now();
 
     for run in 0..runs {
@@ -281,7 +283,13 @@ async fn crash_campaign_loses_nothing() {
         };
         let env_ref: Vec<(&str, &str)> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let mut srv = ChildServer::start_with(&data, "127.0.0.1:0", &extra, &env_ref);
+        let mut srv = ChildServer::start_bin(
+            &failpoint_server_binary(),
+            &data,
+            "127.0.0.1:0",
+            &extra,
+            &env_ref,
+        );
         let url = srv.url();
 
         // The workload: three movers in a loop, and GC + prune in a loop, until the server dies.
@@ -410,6 +418,8 @@ async fn crash_campaign_loses_nothing() {
             how.split(':').next().unwrap_or("").to_owned()
         };
         *stats.entry(kind).or_default() += 1;
+        armed_runs += usize::from(!env.is_empty());
+        aborted_runs += usize::from(how.starts_with("aborted at"));
         attempts.extend(log.lock().unwrap().drain(..));
 
         // Offline: the catalog, indexes and files agree.
@@ -529,4 +539,10 @@ async fn crash_campaign_loses_nothing() {
     for (k, v) in &stats {
         println!("  {k}: {v}");
     }
+    // A server whose fail points cannot fire (the shipped binary) would pass every run as
+    // "not reached" and prove nothing: with a few armed runs, some must have aborted.
+    assert!(
+        armed_runs < 5 || aborted_runs > 0,
+        "{armed_runs} runs armed a fail point and none aborted: is the crash-test binary running?"
+    );
 }

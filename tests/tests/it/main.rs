@@ -10,6 +10,7 @@ mod chains;
 mod check;
 mod concurrency;
 mod crash;
+mod failpoints;
 mod gateway;
 mod gc_scale;
 mod hostile;
