@@ -240,7 +240,7 @@ pub(super) async fn put_chunk(
     }
     let limit = match enc {
         Encoding::Raw => len,
-        Encoding::Zstd => zstd::zstd_safe::compress_bound(len as usize) as u64 + 1024,
+        Encoding::Zstd => zstd_body_limit(len),
     };
     let declared = hdr(&headers, "content-length")
         .and_then(|v| v.parse::<u64>().ok())
@@ -262,6 +262,12 @@ pub(super) async fn put_chunk(
         Stored::Present => StatusCode::OK,
     }
     .into_response())
+}
+
+/// The largest zstd body accepted for a chunk of `len` uncompressed bytes: zstd's worst case
+/// plus room for frame headers.
+pub(super) fn zstd_body_limit(len: u64) -> u64 {
+    zstd::zstd_safe::compress_bound(len as usize) as u64 + 1024
 }
 
 pub(super) async fn put_entries(

@@ -1,6 +1,8 @@
 //! The HTTP face of the repository: routes, thin handlers, extractors.
 //!
 //! - [`extract`]: the caller (bearer token), ids from the path, bodies read under limits.
+//! - [`drain`]: an HTTP/2 request body left unread by an early answer is read to its end (and
+//!   discarded) after the answer, so the stream ends cleanly (curl shows the error).
 //! - [`handlers`]: one function per route; each parses, calls one [`Repository`] method on a
 //!   blocking thread, and maps the result.
 //! - [`range`]: single-range `Range` parsing for image downloads.
@@ -8,6 +10,7 @@
 //! [`ROUTES`] is the list of (method, path) pairs the router serves; the OpenAPI document at
 //! `/v1/openapi.json` is checked against it by the tests.
 
+pub mod drain;
 pub mod extract;
 pub mod handlers;
 pub mod range;
@@ -45,6 +48,10 @@ pub struct AppState {
     pub metrics_need_token: bool,
     /// Per-tenant ingest pacing.
     pub ingest: Arc<crate::rate::IngestLimits>,
+    /// Most bytes of an unread request body [`drain`] reads after an early answer: the largest
+    /// body any route accepts, or one stream window if that is more (what a client may have in
+    /// flight when it sees the answer).
+    pub drain_limit: u64,
 }
 
 impl AppState {
@@ -65,6 +72,15 @@ impl AppState {
                     .iter()
                     .filter_map(|(t, c)| c.ingest_rate.map(|r| (t, r))),
             )),
+            drain_limit: [
+                config.limits.max_json_body,
+                config.limits.max_entries_body,
+                handlers::zstd_body_limit(config.limits.max_chunk_bytes),
+                config.http2.stream_window,
+            ]
+            .into_iter()
+            .max()
+            .unwrap_or(0),
         }
     }
 
@@ -157,6 +173,11 @@ pub fn router(state: AppState) -> Router {
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Outermost, so every early answer is covered: 401/403 of the extractors, 404, 405.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            drain::drain_unread_body,
+        ))
         .with_state(state)
 }
 

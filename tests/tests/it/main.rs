@@ -10,6 +10,7 @@ mod chains;
 mod check;
 mod concurrency;
 mod crash;
+mod curl_errors;
 mod failpoints;
 mod gateway;
 mod gc_scale;
