@@ -6,9 +6,10 @@
 //! (`RST_STREAM`, `CANCEL` when the body goes before the answer, `NO_ERROR` after it). RFC 9113
 //! §8.1 allows that, but clients still sending the body do not all take it well: curl 7.88
 //! (Debian 12) reports `(92) Stream error in the HTTP/2 framing layer` and shows neither status
-//! nor body. Kept alive and read to its end, the stream closes normally: curl stops sending when
-//! it sees an error status (it ends the stream at once), and a client that keeps sending has its
-//! bytes read and discarded.
+//! nor body. Kept alive and read to its end, the stream closes normally. A refusal goes out at
+//! once and the body is drained beside it: curl stops sending when it sees an error status (it
+//! ends the stream). A success answered from the headers waits for the body to be drained first:
+//! clients keep sending after a 2xx, and curl 7.88 stalls if the answer ends before its upload.
 //!
 //! Bounds: nothing drained is kept (each frame is dropped as it arrives, and reading it reopens
 //! the flow-control window); at most [`AppState::drain_limit`] bytes are read, and a body that
@@ -47,7 +48,12 @@ pub async fn drain_unread_body(State(st): State<AppState>, req: Request, next: N
     let (limit, idle) = (st.drain_limit, st.idle());
     let mut returned = returned;
     match returned.try_recv() {
-        // Dropped unread (the usual early answer): drain it beside the answer.
+        // Dropped unread after a success (the 200 for a chunk already held): clients keep
+        // sending after a 2xx, and curl 7.88 stalls when the answer ends before its upload, so
+        // the rest is read before the answer goes out.
+        Ok(body) if resp.status().is_success() => drain(body, limit, idle).await,
+        // Dropped unread after a refusal: the answer goes out at once (clients stop sending
+        // when they see it) and the rest is drained beside it.
         Ok(body) => {
             tokio::spawn(drain(body, limit, idle));
         }
