@@ -186,6 +186,7 @@ impl Samba {
             password: Some(PASSWORD.into()),
             credentials_file: None,
             connections: 4,
+            lease: std::time::Duration::from_secs(60),
         }
     }
 

@@ -221,10 +221,20 @@ pub struct ShareConfig {
     /// signing is always used.
     #[serde(default = "default_share_connections")]
     pub connections: usize,
+    /// Length of the gateway's lease on the repository directory (`gateway.lock`, at least
+    /// 3 s): renewed every third of it; the gateway stops writing and deleting when it has not
+    /// confirmed the lease for two thirds of it; another gateway may take over this long after
+    /// a crash.
+    #[serde(default = "default_share_lease", deserialize_with = "duration")]
+    pub lease: Duration,
 }
 
 fn default_share_connections() -> usize {
     4
+}
+
+fn default_share_lease() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Default for Config {

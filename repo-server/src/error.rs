@@ -82,11 +82,16 @@ impl From<std::io::Error> for Error {
 
 impl Error {
     /// An I/O error of the data store while `context`: 507 when it is full, 503 when it cannot
-    /// be reached (a share whose server is down: clients retry), else internal.
+    /// be reached (a share whose server is down: clients retry) or refuses to write because it
+    /// is fenced (a gateway without its share's lease; the message says why), else internal.
     pub fn storage(context: &str, e: std::io::Error) -> Error {
         if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC) {
             tracing::error!(error = %e, "storage full");
             return Error::new(ErrorCode::StorageFull, "the repository's storage is full");
+        }
+        if crate::store::is_fenced(&e) {
+            tracing::warn!(error = %e, context, "store refuses to write");
+            return Error::new(ErrorCode::Unavailable, format!("{e} (while {context})"));
         }
         if crate::store::is_unreachable(&e) {
             tracing::warn!(error = %e, context, "storage unreachable");

@@ -13,6 +13,11 @@
 //! - **Errors say what kind.** Unreachable storage is an `io::Error` of a network kind
 //!   (`ConnectionReset`, `TimedOut`, ...), which the HTTP layer answers with 503 so clients retry;
 //!   `NotFound` means absent.
+//! - **Fenced stores refuse, they do not guess.** A store that cannot prove it is the only
+//!   writer (the gateway whose lease on its share is lost or not renewed in time) fails every
+//!   write, replace, delete and quarantine with a [`Fenced`] error, and [`BlobStore::may_write`]
+//!   says so before work that deletes (GC, prune); the HTTP layer answers 503 with the reason.
+//!   Reads go on.
 //!
 //! Every call blocks; callers run them off the async runtime.
 
@@ -79,6 +84,15 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
 
     /// What kind of storage this is, for `/v1/capabilities` (`local`, `smb`).
     fn kind(&self) -> &'static str;
+
+    /// Whether writes and deletions may go ahead now. A fenced store (see [`Fenced`]) answers
+    /// with the error its writes would fail with; local storage always may.
+    ///
+    /// # Errors
+    /// A [`Fenced`] error saying why not.
+    fn may_write(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Manifests of committed backups, kept beside the data so a lost catalog can be rebuilt from
@@ -186,6 +200,29 @@ impl ManifestStore for ManifestDir {
         }
         Ok(out)
     }
+}
+
+/// Why a store refuses to write or delete: it cannot prove it is the only writer (a gateway
+/// that does not hold its share's lease). Carried inside an `io::Error` (see [`fenced`]).
+#[derive(Debug)]
+pub struct Fenced(pub String);
+
+impl std::fmt::Display for Fenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fenced {}
+
+/// The `io::Error` of a store that refuses to write: `reason` says why, for people.
+pub fn fenced(reason: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::ResourceBusy, Fenced(reason.into()))
+}
+
+/// Whether `e` is a store's refusal to write ([`fenced`]); the HTTP layer answers it with 503.
+pub fn is_fenced(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Fenced>())
 }
 
 /// Whether an I/O error means the storage could not be reached (answer 503, retry later)

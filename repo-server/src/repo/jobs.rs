@@ -2,7 +2,9 @@
 //!
 //! No job holds the repository's `gc` lock across more than one slice of its work, so uploads,
 //! pins and commits (which take it for reading) wait at most that long, even while a GC waits
-//! for the write lock (std's `RwLock` then holds new readers back).
+//! for the write lock (std's `RwLock` then holds new readers back). GC refuses to start, and
+//! stops before each slice's rows and the index blobs go, while the stores refuse writes
+//! ([`crate::store::Fenced`]: a gateway that does not hold its share's lease).
 //!
 //! GC takes the write lock only for moments: to set `gc_active` and take a snapshot (from then
 //! on every pin, upload and commit also writes its chunks and index blobs into the mark set, in
@@ -70,9 +72,10 @@ impl Repository {
     /// `POST /v1/admin/gc`: starts GC in the background and returns the job id.
     ///
     /// # Errors
-    /// 403 for non-admins.
+    /// 403 for non-admins; 503 while the stores refuse to delete (a fenced gateway).
     pub fn start_gc(self: &Arc<Self>, caller: &Caller) -> Result<String> {
         caller.require_admin()?;
+        self.stores_writable("starting GC")?;
         Ok(self.start_job("gc", |repo, p| repo.gc(p)))
     }
 
@@ -200,6 +203,7 @@ impl Repository {
     /// Mark and sweep, while backups run. See the module documentation for why it is safe.
     fn gc(&self, p: &Progress) -> Result<Value> {
         let _one = self.gc_job.lock().unwrap_or_else(|e| e.into_inner());
+        self.stores_writable("running GC")?;
         let started = std::time::Instant::now();
         self.catalog.clear_marks()?;
         // Under the write lock (a moment): from here on every pin and upload also marks its
@@ -333,6 +337,9 @@ impl Repository {
             }
             b.add(counter::CHUNKS, -n);
             b.add(counter::STORED_BYTES, -bytes);
+            // A store fenced since the sweep began (a gateway that lost its lease) stops the
+            // sweep before any row goes: another gateway may be using these chunks now.
+            self.stores_writable("sweeping chunks")?;
             // Rows first: the catalog never names a file that is gone. A crash before the
             // unlinks leaves orphan files, which `check --repair` clears away.
             self.catalog.write(b)?;
@@ -419,6 +426,7 @@ impl Repository {
                 continue;
             }
             let _w = self.gc.write().unwrap_or_else(|e| e.into_inner());
+            self.stores_writable("removing index blobs")?;
             for (h, m) in candidates.iter().zip(self.catalog.marked(&candidates)?) {
                 if !m {
                     self.indexes.delete(h)?;

@@ -344,6 +344,18 @@ impl Repository {
         self.open_sessions.load(Ordering::Relaxed)
     }
 
+    /// Refuses work that writes or deletes in the stores while one of them is fenced (a gateway
+    /// without its share's lease): 503 with the store's reason.
+    ///
+    /// # Errors
+    /// 503 `UNAVAILABLE`.
+    pub fn stores_writable(&self, context: &str) -> Result<()> {
+        self.chunks
+            .may_write()
+            .and_then(|()| self.indexes.may_write())
+            .map_err(|e| Error::storage(context, e))
+    }
+
     /// Reads and decompresses a stored chunk, checking its length.
     ///
     /// # Errors

@@ -120,8 +120,11 @@ impl Repository {
     /// Applies the policies (the scheduled prune, and `POST /v1/admin/prune` once authorised).
     ///
     /// # Errors
-    /// RocksDB errors.
+    /// RocksDB errors; 503 while the stores refuse to delete (a fenced gateway).
     pub fn apply_retention(&self, dry_run: bool, only: Option<&str>) -> Result<Value> {
+        if !dry_run {
+            self.stores_writable("pruning")?;
+        }
         let mut groups: BTreeMap<(String, String), Vec<Manifest>> = BTreeMap::new();
         self.catalog.for_each_backup(|m| {
             if only.is_none_or(|s| s == m.source) {
