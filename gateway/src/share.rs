@@ -19,13 +19,19 @@
 //! safe to repeat: writes go to a fresh temp name, a rename that finds its source gone checks
 //! whether its target is already there, deletes accept absence.
 //!
+//! Fencing: once a [`crate::lease::Lease`] is taken on a share, every request that changes it
+//! (writes, renames, deletes) asks the lease's [`Fence`] first, before each attempt, and fails
+//! with its reason when this gateway does not hold the lease; reads, directory creation and the
+//! lease file itself do not. A share opened without a lease (tests, the bench) is not fenced;
+//! the gateway binary takes the lease before anything writes.
+//!
 //! The store's calls block (the repository runs them off its async runtime); the SMB client
 //! runs on a small runtime of its own.
 
 use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use repo_server::config::ShareConfig;
@@ -33,6 +39,8 @@ use repo_server::store::{BlobStore, ManifestStore};
 use schema::{BackupId, ChunkId};
 use smb2::client::{ClientConfig, RenameOptions, SmbClient, Tree};
 use smb2::error::ErrorKind;
+
+use crate::lease::Fence;
 
 /// How long a request is retried on fresh connections before it fails with a network error.
 pub const RETRY_FOR: Duration = Duration::from_secs(20);
@@ -69,6 +77,16 @@ pub struct Share {
     /// What it did.
     pub stats: ShareStats,
     retry_for: Duration,
+    /// The lease's fence, once one is taken.
+    fence: OnceLock<Arc<Fence>>,
+}
+
+/// Whether a request needs the lease: requests that change the repository's data do; reads,
+/// directory creation and the lease file do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Fenced,
+    Free,
 }
 
 impl std::fmt::Debug for Share {
@@ -161,6 +179,7 @@ impl Share {
             seq: AtomicU64::new(0),
             stats: ShareStats::default(),
             retry_for,
+            fence: OnceLock::new(),
         };
         // The first connection answers now whether the server, the credentials and the share
         // are right (no retries: a wrong password should not take 20 s to say so).
@@ -202,13 +221,40 @@ impl Share {
         Ok(Conn { client, tree })
     }
 
+    /// Fences this share's writes with a lease's `fence`.
+    ///
+    /// # Errors
+    /// The share already has a lease.
+    pub fn fence_with(&self, fence: Arc<Fence>) -> io::Result<()> {
+        self.fence.set(fence).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} already has a lease", self.describe()),
+            )
+        })
+    }
+
+    /// Whether a request that needs the lease may go now.
+    fn check_fence(&self) -> io::Result<()> {
+        self.fence.get().map_or(Ok(()), |f| f.check())
+    }
+
     /// Runs `op` on one of the connections; a connection that failed is replaced and the
-    /// request retried (backing off) for up to the retry window.
-    fn run<T>(&self, what: &str, op: impl AsyncFn(&mut Conn) -> smb2::Result<T>) -> io::Result<T> {
+    /// request retried (backing off) for up to the retry window. A fenced request asks the
+    /// fence before every attempt.
+    fn run<T>(
+        &self,
+        what: &str,
+        access: Access,
+        op: impl AsyncFn(&mut Conn) -> smb2::Result<T>,
+    ) -> io::Result<T> {
         self.block_on(async {
             let started = Instant::now();
             let mut delay = Duration::from_millis(100);
             loop {
+                if access == Access::Fenced {
+                    self.check_fence()?;
+                }
                 let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
                 let mut slot = self.conns[i].lock().await;
                 let failure = match slot.as_mut() {
@@ -253,7 +299,7 @@ impl Share {
                 continue;
             }
             let p = path.clone();
-            match self.run("creating a directory", async |c| {
+            match self.run("creating a directory", Access::Free, async |c| {
                 c.client.create_directory(&c.tree, &p).await
             }) {
                 Ok(()) => {}
@@ -277,7 +323,7 @@ impl Share {
 
     /// Writes `bytes` to `path` durably through a temp name; `false` when `path` existed and
     /// `replace` is off.
-    fn write(&self, path: &str, bytes: &[u8], replace: bool) -> io::Result<bool> {
+    fn write(&self, path: &str, bytes: &[u8], replace: bool, access: Access) -> io::Result<bool> {
         let leaf = path.rsplit('/').next().unwrap_or(path);
         let tmp = format!(
             "{}tmp/{leaf}.{}.{}",
@@ -285,16 +331,16 @@ impl Share {
             std::process::id(),
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
-        if let Err(e) = self.run("writing a file", async |c| {
+        if let Err(e) = self.run("writing a file", access, async |c| {
             c.client.write_file(&c.tree, &tmp, bytes).await
         }) {
             // A full share, say: what was written of the temp file goes.
-            let _ = self.remove(&tmp);
+            let _ = self.remove(&tmp, access);
             return Err(e);
         }
         let opts = RenameOptions::new().replace_if_exists(replace);
         let rename = || {
-            self.run("renaming a file into place", async |c| {
+            self.run("renaming a file into place", access, async |c| {
                 c.client.rename_with(&c.tree, &tmp, path, opts).await
             })
         };
@@ -323,24 +369,24 @@ impl Share {
                 Ok(true)
             }
             Err(e) if !replace && e.kind() == io::ErrorKind::AlreadyExists => {
-                self.remove(&tmp)?;
+                self.remove(&tmp, access)?;
                 Ok(false)
             }
             Err(e) => {
-                let _ = self.remove(&tmp);
+                let _ = self.remove(&tmp, access);
                 Err(e)
             }
         }
     }
 
     fn read(&self, path: &str) -> io::Result<Vec<u8>> {
-        self.run("reading a file", async |c| {
+        self.run("reading a file", Access::Free, async |c| {
             c.client.read_file(&mut c.tree, path).await
         })
     }
 
     fn size(&self, path: &str) -> io::Result<Option<u64>> {
-        match self.run("looking up a file", async |c| {
+        match self.run("looking up a file", Access::Free, async |c| {
             c.client.stat(&mut c.tree, path).await
         }) {
             Ok(info) => Ok(Some(info.size)),
@@ -349,8 +395,8 @@ impl Share {
         }
     }
 
-    fn remove(&self, path: &str) -> io::Result<()> {
-        match self.run("deleting a file", async |c| {
+    fn remove(&self, path: &str, access: Access) -> io::Result<()> {
+        match self.run("deleting a file", access, async |c| {
             c.client.delete_file(&c.tree, path).await
         }) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -360,7 +406,7 @@ impl Share {
 
     /// Names in directory `dir` (files and directories; not `.` and `..`); empty when absent.
     fn names(&self, dir: &str) -> io::Result<Vec<(String, bool)>> {
-        match self.run("listing a directory", async |c| {
+        match self.run("listing a directory", Access::Free, async |c| {
             c.client.list_directory(&mut c.tree, dir).await
         }) {
             Ok(entries) => Ok(entries
@@ -383,14 +429,14 @@ impl Share {
         let mut n = 0;
         for (name, is_dir) in self.names(&dir)? {
             if !is_dir {
-                self.remove(&format!("{dir}/{name}"))?;
+                self.remove(&format!("{dir}/{name}"), Access::Fenced)?;
                 n += 1;
             }
         }
         Ok(n)
     }
 
-    /// Reads a small file at `name` under the repository directory (the lease).
+    /// Reads a small file at `name` under the repository directory (the lease; not fenced).
     ///
     /// # Errors
     /// `NotFound` when absent.
@@ -398,21 +444,22 @@ impl Share {
         self.read(&format!("{}{name}", self.prefix))
     }
 
-    /// Writes a small file at `name` under the repository directory, durably, replacing it.
+    /// Writes a small file at `name` under the repository directory, durably, replacing it
+    /// (the lease; not fenced).
     ///
     /// # Errors
     /// I/O errors.
     pub fn write_named(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        self.write(&format!("{}{name}", self.prefix), bytes, true)
+        self.write(&format!("{}{name}", self.prefix), bytes, true, Access::Free)
             .map(|_| ())
     }
 
-    /// Removes `name` under the repository directory (absent is fine).
+    /// Removes `name` under the repository directory (absent is fine; the lease: not fenced).
     ///
     /// # Errors
     /// I/O errors.
     pub fn remove_named(&self, name: &str) -> io::Result<()> {
-        self.remove(&format!("{}{name}", self.prefix))
+        self.remove(&format!("{}{name}", self.prefix), Access::Free)
     }
 
     /// The [`BlobStore`] of chunk frames (`chunks/ab/cd/<hex>`).
@@ -458,11 +505,14 @@ impl ShareBlobs {
 
 impl BlobStore for ShareBlobs {
     fn put(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<bool> {
-        self.share.write(&self.path(id), bytes, false)
+        self.share
+            .write(&self.path(id), bytes, false, Access::Fenced)
     }
 
     fn replace(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<()> {
-        self.share.write(&self.path(id), bytes, true).map(|_| ())
+        self.share
+            .write(&self.path(id), bytes, true, Access::Fenced)
+            .map(|_| ())
     }
 
     fn get(&self, id: &ChunkId) -> io::Result<Vec<u8>> {
@@ -474,7 +524,7 @@ impl BlobStore for ShareBlobs {
     }
 
     fn delete(&self, id: &ChunkId) -> io::Result<()> {
-        self.share.remove(&self.path(id))
+        self.share.remove(&self.path(id), Access::Fenced)
     }
 
     fn list(&self) -> io::Result<Vec<ChunkId>> {
@@ -498,9 +548,11 @@ impl BlobStore for ShareBlobs {
         let from = self.path(id);
         let to = format!("{}quarantine/{}", self.share.prefix, id.hex());
         let opts = RenameOptions::new().replace_if_exists(true);
-        match self.share.run("quarantining a file", async |c| {
-            c.client.rename_with(&c.tree, &from, &to, opts).await
-        }) {
+        match self
+            .share
+            .run("quarantining a file", Access::Fenced, async |c| {
+                c.client.rename_with(&c.tree, &from, &to, opts).await
+            }) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -509,12 +561,21 @@ impl BlobStore for ShareBlobs {
     fn kind(&self) -> &'static str {
         "smb"
     }
+
+    fn may_write(&self) -> io::Result<()> {
+        self.share.check_fence()
+    }
 }
 
 impl ManifestStore for Share {
     fn put_manifest(&self, id: &BackupId, json: &[u8]) -> io::Result<()> {
-        self.write(&format!("{}manifests/{id}.json", self.prefix), json, true)
-            .map(|_| ())
+        self.write(
+            &format!("{}manifests/{id}.json", self.prefix),
+            json,
+            true,
+            Access::Fenced,
+        )
+        .map(|_| ())
     }
 
     fn get_manifest(&self, id: &BackupId) -> io::Result<Vec<u8>> {
@@ -522,7 +583,10 @@ impl ManifestStore for Share {
     }
 
     fn delete_manifest(&self, id: &BackupId) -> io::Result<()> {
-        self.remove(&format!("{}manifests/{id}.json", self.prefix))
+        self.remove(
+            &format!("{}manifests/{id}.json", self.prefix),
+            Access::Fenced,
+        )
     }
 
     fn list_manifests(&self) -> io::Result<Vec<BackupId>> {

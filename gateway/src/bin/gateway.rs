@@ -26,9 +26,10 @@ struct Args {
     /// Local data directory for the catalog and the admin token [default: ./repo-data].
     #[arg(long, global = true)]
     data: Option<PathBuf>,
-    /// Lease length on the share (another gateway may take over this long after a crash).
-    #[arg(long, default_value_t = 60, global = true)]
-    lease_secs: u64,
+    /// Lease length on the share, overriding `[share] lease` (default 60 s; another gateway may
+    /// take over this long after a crash; writes stop when a third of it is left unrenewed).
+    #[arg(long, global = true)]
+    lease_secs: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -62,11 +63,8 @@ fn main() -> anyhow::Result<()> {
             share_cfg.server, share_cfg.share
         )
     })?);
-    let lease = Lease::acquire(
-        share.clone(),
-        &config.data,
-        Duration::from_secs(args.lease_secs),
-    )?;
+    let ttl = args.lease_secs.map_or(share_cfg.lease, Duration::from_secs);
+    let lease = Lease::acquire(share.clone(), &config.data, ttl)?;
     let left = share.clean_tmp()?;
     if left > 0 {
         tracing::info!(

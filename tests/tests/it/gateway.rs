@@ -34,14 +34,14 @@ fn start_gateway(samba: &Samba, data: &Path) -> ChildServer {
 }
 
 /// A raw image: noise with a zero stretch (never read, restored as a hole).
-fn raw_image(path: &Path, mib: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn raw_image(path: &Path, mib: usize, seed: u64) -> Vec<u8> {
     let mut d = noise(mib * MIB, seed);
     d[2 * MIB..3 * MIB].fill(0);
     std::fs::write(path, &d).unwrap();
     d
 }
 
-async fn restored(url: &str, id: &str, to: &Path) -> Vec<u8> {
+pub(crate) async fn restored(url: &str, id: &str, to: &Path) -> Vec<u8> {
     let c = client(url);
     let m = resolve(&c, id, None).await.unwrap();
     restore(&c, &m, "disk0", Some(to), 8, false).await.unwrap();
@@ -50,7 +50,7 @@ async fn restored(url: &str, id: &str, to: &Path) -> Vec<u8> {
 
 /// Every chunk file under the share's `chunks/`: name → sound (decodes to bytes with that
 /// blake3). Also counts files in `tmp/`.
-fn share_chunks(root: &Path) -> (BTreeMap<String, bool>, usize) {
+pub(crate) fn share_chunks(root: &Path) -> (BTreeMap<String, bool>, usize) {
     let mut out = BTreeMap::new();
     for p in tests::files_under(&root.join("chunks")) {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();

@@ -13,6 +13,7 @@ mod crash;
 mod curl_errors;
 mod failpoints;
 mod gateway;
+mod gateway_fence;
 mod gc_scale;
 mod hostile;
 mod jobs_latency;
