@@ -1,7 +1,8 @@
 //! The gateway's lease is a fence: two real gateway processes on one real Samba share and a
 //! stolen lease. The gateway that lost the lease answers 503 with the reason to writes, its GC
 //! and prune refuse and delete nothing, the other gateway's backups restore, and its stop leaves
-//! the other's lease alone; once the lease is free again it takes it back and writes resume.
+//! the other's lease alone; once the lease is free again it takes it back and writes resume. A
+//! gateway frozen past its lease wakes up fenced: its first write is refused.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -329,4 +330,62 @@ async fn a_gateway_takes_its_lease_back_once_the_other_holders_lease_ends() {
         read_lease(&root).is_none(),
         "a clean stop releases its own lease"
     );
+}
+
+/// Sends `sig` (`STOP`, `CONT`) to the gateway process.
+fn signal(gw: &ChildServer, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(gw.pid().to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_paused_past_its_lease_resumes_fenced_and_leaves_the_successors_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let samba = Samba::start(&dir.path().join("samba")).unwrap();
+    let root = samba.share_dir().join("repo");
+    let a = start_gateway(&samba, &dir.path().join("gw-a"));
+    let a_backup = Client::h2(&a.url(), Some(BACKUP_A));
+    let probe = probe_session(&a_backup).await;
+    let mut seed = 3000;
+    let r = upload_new_chunk(&a_backup, &probe, seed).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+
+    // A freezes (a stalled VM, a long pause) until its lease has ended; B then takes it the
+    // ordinary way.
+    signal(&a, "STOP");
+    let ends = read_lease(&root).unwrap()["expires_ms"].as_i64().unwrap();
+    while now_ms() <= ends + 200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = start_gateway(&samba, &dir.path().join("gw-b"));
+    let b_lease = read_lease(&root).unwrap();
+    let b_id = std::fs::read_to_string(dir.path().join("gw-b/gateway.id")).unwrap();
+    assert_eq!(b_lease["owner"], b_id.trim(), "{b_lease}");
+
+    // A wakes: its very first write is refused (its confirmation ran out while it was frozen).
+    signal(&a, "CONT");
+    seed += 1;
+    let r = upload_new_chunk(&a_backup, &probe, seed).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(
+        message(&r).contains("this gateway does not hold the share's lease"),
+        "{}",
+        message(&r)
+    );
+    // Its renewals find B's lease and leave it as B keeps it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = upload_new_chunk(&a_backup, &probe, seed + 1).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert!(message(&r).contains(b_id.trim()), "{}", message(&r));
+    let now = read_lease(&root).unwrap();
+    assert_eq!(now["owner"], b_id.trim(), "{now}");
+    assert_eq!(now["generation"], b_lease["generation"], "{now}");
+    assert_eq!(a.terminate(Duration::from_secs(20)), Some(0));
+    assert_eq!(read_lease(&root).unwrap()["owner"], b_id.trim());
+    assert_eq!(b.terminate(Duration::from_secs(20)), Some(0));
 }
