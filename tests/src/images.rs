@@ -198,27 +198,8 @@ pub fn assemble(
             swap_mib * 2048
         )
     };
-    let mut sf = Command::new("sfdisk")
-        .arg("-q")
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    sf.stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(sf.wait().unwrap().success(), "sfdisk");
     // Where sfdisk put the partitions (logical ones sit behind their extended boot records).
-    let table_json: serde_json::Value =
-        serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(&path))).unwrap();
-    let parts = table_json["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let parts = sfdisk(&path, &script);
     let find = |types: &[&str]| {
         let p = parts
             .iter()
@@ -246,6 +227,31 @@ pub fn assemble(
         fs,
         swap,
     }
+}
+
+/// Writes the partition table `script` onto the image at `path` with `sfdisk`, and returns the
+/// partitions as `sfdisk -J` lists them (start and size in 512-byte sectors, type).
+pub fn sfdisk(path: &Path, script: &str) -> Vec<serde_json::Value> {
+    let mut sf = Command::new("sfdisk")
+        .arg("-q")
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(sf.wait().unwrap().success(), "sfdisk {script}");
+    let table: serde_json::Value =
+        serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(path))).unwrap();
+    table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 /// Copies a partition out of a disk image into its own file.

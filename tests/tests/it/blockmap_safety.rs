@@ -1,7 +1,6 @@
 //! What the block map may drop: only what is proven unused. A swap type code without a valid
 //! swap header is read in full; a valid header drops its pages whatever the type code says.
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,7 +9,7 @@ use source_mover::backup::backup;
 use source_mover::blockmap::{plan, DiskPlan};
 use source_mover::disk::Disk;
 use source_mover::ranges::Ranges;
-use tests::images::{noise, run};
+use tests::images::{self, noise, run};
 use tests::mover::{client, opts, restore_to};
 use tests::TestServer;
 
@@ -29,25 +28,8 @@ fn partitioned(
     let path = dir.join(format!("{name}.raw"));
     std::fs::File::create(&path).unwrap().set_len(size).unwrap();
     let script = script.replace("{node}", &path.display().to_string());
-    let mut sf = Command::new("sfdisk")
-        .arg("-q")
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    sf.stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(sf.wait().unwrap().success(), "sfdisk {script}");
-    let table: serde_json::Value =
-        serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(&path))).unwrap();
-    let parts: Vec<(u64, u64)> = table["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
+    let table = images::sfdisk(&path, &script);
+    let parts: Vec<(u64, u64)> = table
         .iter()
         .filter(|p| !matches!(p["type"].as_str(), Some("5" | "f" | "85")))
         .map(|p| {
@@ -57,7 +39,7 @@ fn partitioned(
             )
         })
         .collect();
-    assert_eq!(parts.len(), contents.len(), "{table}");
+    assert_eq!(parts.len(), contents.len(), "{table:?}");
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     for (&(off, len), c) in parts.iter().zip(contents) {
         assert!(c.len() as u64 <= len);
