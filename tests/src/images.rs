@@ -229,6 +229,19 @@ pub fn assemble(
     }
 }
 
+/// XORs the byte at `at` of the image `img` with `mask` (forging damage in place).
+pub fn flip_bits(img: &Path, at: u64, mask: u8) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= mask;
+    f.write_all_at(&b, at).unwrap();
+}
+
 /// Writes the partition table `script` onto the image at `path` with `sfdisk`, and returns the
 /// partitions as `sfdisk -J` lists them (start and size in 512-byte sectors, type).
 pub fn sfdisk(path: &Path, script: &str) -> Vec<serde_json::Value> {

@@ -15,8 +15,8 @@ use source_mover::blockmap::{plan, DiskPlan};
 use source_mover::client::RepoClient;
 use source_mover::disk::Disk;
 use tests::images::{
-    assemble, crash_snapshot, debugfs_script, dump, extract, fsck_repair, journal_block, rdump,
-    run, Image, Snapshot, Table,
+    assemble, crash_snapshot, debugfs_script, dump, extract, flip_bits, fsck_repair, journal_block,
+    rdump, run, Image, Snapshot, Table,
 };
 use tests::mover::{client, opts};
 use tests::{Client, TestServer, BACKUP_A};
@@ -232,14 +232,14 @@ async fn journals_not_understood_are_read_in_full() {
                 // The log starts at journal block 1 (descriptor); flip a byte of the copy of
                 // the last journaled block.
                 let last = 2 + s.meta_blocks.len() as u64 - 1;
-                flip_byte(&s.fs_img, journal_block(&s.fs_img, last) * BS + 100);
+                flip_bits(&s.fs_img, journal_block(&s.fs_img, last) * BS + 100, 0xFF);
                 "fails its checksum"
             }
             "unknown-feature" => {
                 debugfs_script(&s.fs_img, &format!("jo\n{commit}jc\n"));
                 // feature_incompat (big-endian, offset 40 of the journal superblock) |= 0x80;
                 // without checksums the superblock has none to fix.
-                flip_bit(&s.fs_img, journal_block(&s.fs_img, 0) * BS + 43, 0x80);
+                flip_bits(&s.fs_img, journal_block(&s.fs_img, 0) * BS + 43, 0x80);
                 "unknown journal features 0x80"
             }
             _ => {
@@ -353,21 +353,4 @@ async fn a_revoked_block_is_not_replayed() {
     let expect = rdump(&source_recovered(&img, d), &d.join("rdump-source"));
     assert_eq!(got, expect);
     srv.stop().await;
-}
-
-fn flip_byte(img: &Path, at: u64) {
-    flip_bit(img, at, 0xFF);
-}
-
-fn flip_bit(img: &Path, at: u64, mask: u8) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(img)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= mask;
-    f.write_all_at(&b, at).unwrap();
 }

@@ -12,24 +12,12 @@ use source_mover::blockmap::plan;
 use source_mover::disk::Disk;
 use source_mover::ranges::Ranges;
 use tests::images::{
-    assemble, build, dumpe2fs_free, extract, make_tree, noise, run, Layout, Table,
+    assemble, build, dumpe2fs_free, extract, flip_bits, make_tree, noise, run, Layout, Table,
 };
 use tests::mover::{client, opts};
 use tests::TestServer;
 
 use crate::mover::restore_to;
-
-/// Flips every bit of the byte at `at` of `img`.
-fn flip(img: &Path, at: u64) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(img)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[!b[0]], at).unwrap();
-}
 
 /// `debugfs -n` (checksums not verified) on a file-system image.
 fn debugfs(fs_img: &Path, request: &str) -> String {
@@ -90,7 +78,7 @@ async fn excluded_files_failing_their_checksums_are_read() {
         }
     };
     let (iblock, ioff) = (word("located at block"), word("offset"));
-    flip(&img.path, img.fs.0 + iblock * bs + ioff + 0x7C);
+    flip_bits(&img.path, img.fs.0 + iblock * bs + ioff + 0x7C, 0xFF);
     // many-extents.bin: a byte of its extent leaf's tail checksum (after 340 slots of 12 bytes).
     let stat = debugfs(&fs_img, "stat /srv/many-extents.bin");
     let leaf: u64 = stat
@@ -102,7 +90,7 @@ async fn excluded_files_failing_their_checksums_are_read() {
         .unwrap()
         .parse()
         .unwrap();
-    flip(&img.path, img.fs.0 + leaf * bs + 12 + 12 * 340);
+    flip_bits(&img.path, img.fs.0 + leaf * bs + 12 + 12 * 340, 0xFF);
 
     let globs = [
         "large.bin".to_string(),
@@ -198,7 +186,11 @@ fn a_group_whose_descriptor_fails_its_crc16_is_kept_whole() {
     assert!(before.dropped["free"].intersect(&group_bytes).total() > 4 << 20);
     // Descriptors of 64 bytes (64bit) from block 2; flip a byte of group 3's bg_checksum.
     let desc_size = 64;
-    flip(&img.path, img.fs.0 + 2 * bs + group * desc_size + 0x1E);
+    flip_bits(
+        &img.path,
+        img.fs.0 + 2 * bs + group * desc_size + 0x1E,
+        0xFF,
+    );
     let after = plan(&Disk::open(&img.path).unwrap(), &[]).unwrap();
     let line = after
         .found
