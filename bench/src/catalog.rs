@@ -77,11 +77,13 @@ pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> 
             }
             let opts = BackupOptions {
                 source: source.clone(),
-                disks: vec![("disk0".into(), img.clone())],
+                disks: vec![("disk0".into(), source_mover::source::open(&img)?)],
                 cbt: if first {
                     Default::default()
                 } else {
-                    [("disk0".to_string(), cbt.clone())].into_iter().collect()
+                    [("disk0".to_string(), source_mover::cbt::json_file(&cbt))]
+                        .into_iter()
+                        .collect()
                 },
                 base: if first { Base::None } else { Base::Latest },
                 block_size: 1 << 20,

@@ -313,7 +313,7 @@ fn ours(ds: &Path, work: &Path) -> Result<(Vec<Step>, f64)> {
 
 /// The restored day-2 image equals disk2.raw except where the mover dropped bytes (zeros there).
 fn verify_restore(ds: &Path, restored: &Path) -> Result<()> {
-    let disk = source_mover::disk::Disk::open(&ds.join("disk2.raw"))?;
+    let disk = source_mover::source::FileSource::open(&ds.join("disk2.raw"))?;
     let plan = source_mover::blockmap::plan(&disk, &[])?;
     let dropped = plan
         .dropped
@@ -471,7 +471,7 @@ fn borg(ds: &Path, work: &Path, fixed: bool) -> Result<Vec<Step>> {
 
 /// The floor: read the bytes this project reads for a full backup, blake3 and zstd them, 2 threads.
 fn floor(ds: &Path) -> Result<Step> {
-    let disk = source_mover::disk::Disk::open(&ds.join("disk.raw"))?;
+    let disk = source_mover::source::FileSource::open(&ds.join("disk.raw"))?;
     let plan = source_mover::blockmap::plan(&disk, &[])?;
     let bs = 1u64 << 20;
     let blocks: Vec<u64> = (0..plan.size.div_ceil(bs))
@@ -773,7 +773,7 @@ fn wan_goodput(mib: usize, rate: u64, rtts: &[u64]) -> Result<()> {
             )?;
             let o = BackupOptions {
                 source: "wan".into(),
-                disks: vec![("disk0".into(), disk.clone())],
+                disks: vec![("disk0".into(), source_mover::source::open(&disk)?)],
                 cbt: BTreeMap::new(),
                 base: Base::None,
                 block_size: block,

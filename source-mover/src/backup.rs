@@ -22,8 +22,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::blockmap::{self, DiskPlan};
+use crate::cbt::{ChangeList, ChangedBlocks};
 use crate::client::RepoClient;
-use crate::disk::Disk;
+use crate::source::BlockSource;
 use crate::error::{Error, Result};
 use crate::journal::{self, Journal};
 use crate::progress::Progress;
@@ -45,10 +46,10 @@ pub enum Base {
 pub struct BackupOptions {
     /// Source name.
     pub source: String,
-    /// Disks: (name, path).
-    pub disks: Vec<(String, PathBuf)>,
-    /// Changed-block lists per disk name.
-    pub cbt: BTreeMap<String, PathBuf>,
+    /// Disks: (name, source). Every byte of a disk is read through its source.
+    pub disks: Vec<(String, Arc<dyn BlockSource>)>,
+    /// What changed since the base, per disk name.
+    pub cbt: BTreeMap<String, Arc<dyn ChangeList>>,
     /// Base choice.
     pub base: Base,
     /// Block size.
@@ -73,7 +74,7 @@ pub struct BackupOptions {
 pub struct DiskReport {
     /// Name.
     pub name: String,
-    /// Path read.
+    /// The source read ([`BlockSource::describe`]: an image's or device's path).
     pub path: String,
     /// Size.
     pub size: u64,
@@ -176,19 +177,18 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     // Open the disks and plan them (metadata reads only).
     let o = opts.clone();
     let (disks, plans) =
-        tokio::task::spawn_blocking(move || -> Result<(Vec<Disk>, Vec<DiskPlan>)> {
+        tokio::task::spawn_blocking(move || -> Result<(Vec<Arc<dyn BlockSource>>, Vec<DiskPlan>)> {
             let mut disks = Vec::new();
             let mut plans = Vec::new();
-            for (name, path) in &o.disks {
-                let d = Disk::open(path)?;
+            for (name, d) in &o.disks {
                 let ex: Vec<String> = o
                     .excludes
                     .iter()
                     .filter(|e| &e.0 == name)
                     .map(|e| e.1.clone())
                     .collect();
-                plans.push(blockmap::plan_deferred(&d, &ex)?);
-                disks.push(d);
+                plans.push(blockmap::plan_deferred(d.as_ref(), &ex)?);
+                disks.push(d.clone());
             }
             Ok((disks, plans))
         })
@@ -197,10 +197,10 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
 
     // Changed-block lists are read before anything is sent: one that cannot be used stops the
     // run here.
-    let cbt: BTreeMap<String, crate::cbt::ChangedBlocks> = opts
+    let cbt: BTreeMap<String, ChangedBlocks> = opts
         .cbt
         .iter()
-        .map(|(n, p)| Ok((n.clone(), crate::cbt::load(p)?)))
+        .map(|(n, list)| Ok((n.clone(), list.load()?)))
         .collect::<Result<_>>()?;
 
     // Continue an interrupted run, or start a session.
@@ -593,7 +593,7 @@ fn commit_body(
     let paths: BTreeMap<&str, String> = opts
         .disks
         .iter()
-        .map(|(n, p)| (n.as_str(), p.display().to_string()))
+        .map(|(n, d)| (n.as_str(), d.describe()))
         .collect();
     Ok(json!({
         "disks": commit_disks,
@@ -609,7 +609,7 @@ fn commit_body(
 /// sound upload of it.
 async fn heal(
     ctx: &mut Coordinator<'_>,
-    disks: &Arc<Vec<Disk>>,
+    disks: &Arc<Vec<Arc<dyn BlockSource>>>,
     plans: &Arc<Vec<DiskPlan>>,
     missing: &HashSet<ChunkId>,
     bs: u64,
@@ -733,7 +733,7 @@ async fn append_records(
 /// (a list from another base would silently leave out changes). Without a base the lists are
 /// not used: every block is read.
 fn check_cbt_bases(
-    cbt: &BTreeMap<String, crate::cbt::ChangedBlocks>,
+    cbt: &BTreeMap<String, ChangedBlocks>,
     base: Option<&str>,
 ) -> Result<()> {
     match base {
@@ -887,9 +887,9 @@ async fn report_from_manifest(
             .disks
             .iter()
             .zip(plans)
-            .map(|((n, p), plan)| DiskReport {
+            .map(|((n, d), plan)| DiskReport {
                 name: n.clone(),
-                path: p.display().to_string(),
+                path: d.describe(),
                 size: plan.size,
                 found: plan.found.clone(),
                 cbt: opts.cbt.contains_key(n),
@@ -899,7 +899,7 @@ async fn report_from_manifest(
 }
 
 /// Reads the planned bytes of one block; dropped bytes stay zero.
-fn read_block(disk: &Disk, plan: &DiskPlan, d: usize, block: u64, bs: u64) -> Result<Item> {
+fn read_block(disk: &dyn BlockSource, plan: &DiskPlan, d: usize, block: u64, bs: u64) -> Result<Item> {
     let start = block * bs;
     let end = (start + bs).min(plan.size);
     let parts = plan.read.clip(start, end);

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::disk::Disk;
+use crate::source::BlockSource;
 use crate::error::Result;
 use crate::ext4::{Ext4, FreeBlocks, Opened};
 use crate::partition::{self, Partition};
@@ -56,7 +56,7 @@ pub type FileIndexes = (Vec<(u32, Vec<schema::files::FileEntry>)>, f64);
 ///
 /// # Errors
 /// I/O errors reading the disk's metadata.
-pub fn plan(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
+pub fn plan(disk: &dyn BlockSource, excludes: &[String]) -> Result<DiskPlan> {
     plan_with(disk, excludes, true)
 }
 
@@ -66,7 +66,7 @@ pub fn plan(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
 ///
 /// # Errors
 /// I/O errors reading the disk's metadata.
-pub fn plan_deferred(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
+pub fn plan_deferred(disk: &dyn BlockSource, excludes: &[String]) -> Result<DiskPlan> {
     plan_with(disk, excludes, false)
 }
 
@@ -75,7 +75,7 @@ pub fn plan_deferred(disk: &Disk, excludes: &[String]) -> Result<DiskPlan> {
 /// # Errors
 /// I/O errors reading metadata; a file system that no longer opens is an error (the plan found
 /// it a moment ago).
-pub fn index_files(disk: &Disk, unindexed: &[(u32, u64, u64)]) -> Result<FileIndexes> {
+pub fn index_files(disk: &dyn BlockSource, unindexed: &[(u32, u64, u64)]) -> Result<FileIndexes> {
     let t = std::time::Instant::now();
     let mut files = Vec::new();
     for &(number, start, len) in unindexed {
@@ -89,14 +89,14 @@ pub fn index_files(disk: &Disk, unindexed: &[(u32, u64, u64)]) -> Result<FileInd
     Ok((files, t.elapsed().as_secs_f64()))
 }
 
-fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPlan> {
+fn plan_with(disk: &dyn BlockSource, excludes: &[String], walk_now: bool) -> Result<DiskPlan> {
     let mut parts = partition::read(disk)?;
     let whole_disk = parts.is_empty();
     if whole_disk {
         parts.push(Partition {
             number: 0,
             start: 0,
-            len: disk.size,
+            len: disk.size(),
             kind: partition::Kind::Mbr(0),
             conflict: None,
         });
@@ -197,12 +197,13 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
             found.push(format!("{name}: read in full ({:?})", p.kind));
         }
     }
-    let all = Ranges::single(0, disk.size);
+    let all = Ranges::single(0, disk.size());
     let free = free.subtract(&swap);
     let excluded = excluded.subtract(&swap).subtract(&free);
     let keep = all.subtract(&swap).subtract(&free).subtract(&excluded);
-    let read = keep.intersect(&disk.data);
-    let hole = keep.subtract(&disk.data);
+    let data = disk.allocated()?;
+    let read = keep.intersect(&data);
+    let hole = keep.subtract(&data);
     let dropped = BTreeMap::from([
         ("swap", swap),
         ("free", free),
@@ -210,7 +211,7 @@ fn plan_with(disk: &Disk, excludes: &[String], walk_now: bool) -> Result<DiskPla
         ("hole", hole),
     ]);
     Ok(DiskPlan {
-        size: disk.size,
+        size: disk.size(),
         read,
         dropped,
         found,

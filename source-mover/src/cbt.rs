@@ -1,10 +1,20 @@
-//! Changed-block lists: `{"base": "<backup id>", "changed": [[offset, length], ...]}`.
+//! Changed-block tracking: what changed on a disk since a base backup.
 //!
-//! A list means something only relative to the backup it counts from: the changes since
-//! backup X are not the changes since backup Y. So every list names its `base`, and the mover
-//! applies it only to an incremental over exactly that backup (see [`ChangedBlocks::check_base`]).
+//! Changes mean something only relative to the backup they count from: the changes since
+//! backup X are not the changes since backup Y. So every [`ChangeList`] names its base, and the
+//! mover applies it only to an incremental over exactly that backup (see
+//! [`ChangedBlocks::check_base`]), before a session is created.
+//!
+//! [`ChangeList`] is the seam (next to [`crate::source::BlockSource`]): where the changes come
+//! from. Today that is [`JsonList`], a file
+//! `{"base": "<backup id>", "changed": [[offset, length], ...]}` (other fields are ignored);
+//! later a hypervisor's dirty bitmap, which must know its base the same way.
 //! `shared/bench/make-dataset.sh` writes lists without a base (it cannot know the backup id);
-//! [`set_base`] adds it once the full backup exists. Other fields are ignored.
+//! [`set_base`] adds it once the full backup exists.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -17,22 +27,69 @@ struct CbtFile {
     changed: Vec<(u64, u64)>,
 }
 
-/// A changed-block list: the backup it counts from and the changed byte ranges.
+/// Where the changes of one disk come from.
+///
+/// The backup loads every list before anything is sent (one that cannot be loaded stops the
+/// run there) and then checks, on a new session and on a resumed one, that it counts from
+/// exactly the backup the incremental builds on.
+pub trait ChangeList: Send + Sync + fmt::Debug {
+    /// Where the changes come from, for messages (a list's path).
+    fn describe(&self) -> String;
+
+    /// Reads the changes: the backup they count from and the changed byte ranges.
+    ///
+    /// # Errors
+    /// The changes cannot be read, or name no base ([`Error::Refused`]).
+    fn load(&self) -> Result<ChangedBlocks>;
+}
+
+/// Changes read from a [`ChangeList`]: the backup they count from and the changed byte ranges.
 #[derive(Debug, Clone)]
 pub struct ChangedBlocks {
     /// The backup the changes count from.
     pub base: String,
     /// Changed byte ranges.
     pub changed: Ranges,
-    /// Where the list came from (for messages).
-    pub path: std::path::PathBuf,
+    /// Where the changes came from (for messages): [`ChangeList::describe`].
+    pub from: String,
+}
+
+/// A changed-block list in a JSON file (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct JsonList {
+    path: PathBuf,
+}
+
+impl JsonList {
+    /// The list at `path` (read by [`ChangeList::load`]).
+    pub fn new(path: &Path) -> JsonList {
+        JsonList {
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl ChangeList for JsonList {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn load(&self) -> Result<ChangedBlocks> {
+        load(&self.path)
+    }
+}
+
+/// The JSON list at `path` as a shared change list: what `--cbt NAME=PATH` gives (read only
+/// when the backup loads it).
+pub fn json_file(path: &Path) -> Arc<dyn ChangeList> {
+    Arc::new(JsonList::new(path))
 }
 
 /// Reads a changed-block list.
 ///
 /// # Errors
 /// The file cannot be read, is not a list, or names no base ([`Error::Refused`]).
-pub fn load(path: &std::path::Path) -> Result<ChangedBlocks> {
+pub fn load(path: &Path) -> Result<ChangedBlocks> {
     let text = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
     let f: CbtFile = serde_json::from_slice(&text).map_err(|e| {
         Error::Refused(format!(
@@ -64,7 +121,7 @@ pub fn load(path: &std::path::Path) -> Result<ChangedBlocks> {
     Ok(ChangedBlocks {
         base,
         changed: Ranges::from_unsorted(v),
-        path: path.to_owned(),
+        from: path.display().to_string(),
     })
 }
 
@@ -82,19 +139,20 @@ impl ChangedBlocks {
              builds on {base}; the changes since one backup are not the changes since another. \
              Use the list that counts from {base}, pass --base {} if that backup still exists, \
              or leave out --cbt to read every block. Nothing was sent",
-            self.path.display(),
+            self.from,
             self.base,
             self.base
         )))
     }
 }
 
-/// Writes `base` into the changed-block list at `path` (a temp file renamed over it), keeping
-/// its other fields: for lists made before the backup they count from existed.
+/// Writes `base` into the changed-block list at `path` (durably: a temp file, fsynced and
+/// renamed over it), keeping its other fields: for lists made before the backup they count
+/// from existed.
 ///
 /// # Errors
 /// The file cannot be read, parsed or written.
-pub fn set_base(path: &std::path::Path, base: &str) -> Result<()> {
+pub fn set_base(path: &Path, base: &str) -> Result<()> {
     let text = std::fs::read(path).map_err(|e| Error::io(path.display(), e))?;
     let mut v: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| Error::Refused(format!("{}: not JSON: {e}", path.display())))?;
@@ -102,16 +160,14 @@ pub fn set_base(path: &std::path::Path, base: &str) -> Result<()> {
         .as_object_mut()
         .ok_or_else(|| Error::Refused(format!("{}: not a JSON object", path.display())))?;
     obj.insert("base".into(), serde_json::Value::String(base.to_owned()));
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, v.to_string()).map_err(|e| Error::io(tmp.display(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path.display(), e))
+    stdx::durable::write(path, v.to_string().as_bytes()).map_err(|e| Error::io(path.display(), e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn write(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    fn write(dir: &Path, body: &str) -> PathBuf {
         let p = dir.join("cbt.json");
         std::fs::write(&p, body).expect("write");
         p
@@ -124,8 +180,9 @@ mod tests {
         let p = write(dir.path(), r#"{"changed": [[0, 4096], [65536, 10]]}"#);
         assert!(matches!(load(&p), Err(Error::Refused(m)) if m.contains("names no base")));
         set_base(&p, id).expect("set base");
-        let l = load(&p).expect("load");
+        let l = JsonList::new(&p).load().expect("load");
         assert_eq!(l.base, id);
+        assert_eq!(l.from, p.display().to_string());
         assert_eq!(l.changed.as_slice(), &[(0, 4096), (65536, 65546)]);
         l.check_base("disk0", id).expect("same base");
         let other = "20261202T120000Z-0123456789abcdef";

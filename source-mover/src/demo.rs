@@ -202,7 +202,7 @@ pub fn build_disk(dir: &Path) -> Result<(PathBuf, u64, PathBuf)> {
 /// Checks a restored disk: `e2fsck -fn` of its ext4 partition is clean, and every byte equals
 /// the source except in ranges the block map dropped, which read as zeros.
 fn check(source: &Path, restored: &Path, p1_offset: u64, dir: &Path, tag: &str) -> Result<String> {
-    let d = crate::disk::Disk::open(source)?;
+    let d = crate::source::FileSource::open(source)?;
     let plan = crate::blockmap::plan(&d, &[])?;
     let src = std::fs::read(source).map_err(|e| Error::io(source.display(), e))?;
     let got = std::fs::read(restored).map_err(|e| Error::io(restored.display(), e))?;
@@ -373,11 +373,12 @@ pub async fn demo(dir: Option<PathBuf>) -> Result<()> {
         run(Command::new("sfdisk").arg("-l").arg(&disk))?.trim_end()
     );
 
-    let opts = |path: &Path, cbt: Option<PathBuf>, base: Base| BackupOptions {
+    let opts = |path: &Path, cbt: Option<PathBuf>, base: Base| -> Result<BackupOptions> {
+        Ok(BackupOptions {
         source: "demo-vm".into(),
-        disks: vec![("disk0".into(), path.to_owned())],
+        disks: vec![("disk0".into(), crate::source::open(path)?)],
         cbt: cbt
-            .map(|c| BTreeMap::from([("disk0".to_string(), c)]))
+            .map(|c| BTreeMap::from([("disk0".to_string(), crate::cbt::json_file(&c))]))
             .unwrap_or_default(),
         base,
         block_size: 1 << 20,
@@ -387,9 +388,10 @@ pub async fn demo(dir: Option<PathBuf>) -> Result<()> {
         state_dir: dir.join("state"),
         progress: false,
         file_index: true,
+        })
     };
     say("day 1: full backup");
-    let full = backup(&client, &opts(&disk, None, Base::None)).await?;
+    let full = backup(&client, &opts(&disk, None, Base::None)?).await?;
     for d in &full.disks {
         for f in &d.found {
             println!("  {f}");
@@ -409,7 +411,7 @@ pub async fn demo(dir: Option<PathBuf>) -> Result<()> {
     );
 
     say("day 2: CBT incremental backup");
-    let inc = backup(&client, &opts(&disk2, Some(cbt), Base::Latest)).await?;
+    let inc = backup(&client, &opts(&disk2, Some(cbt), Base::Latest)?).await?;
     println!("{}", summary(&inc));
 
     say("restoring both backups (sparse, every block's blake3 checked) and checking them");

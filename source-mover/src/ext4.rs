@@ -14,7 +14,7 @@
 //! system) makes [`Ext4::open`] answer [`Opened::NotExt4`] or [`Opened::ReadInFull`], or a walk
 //! skip the entry, so the caller reads more, never less: a wrong guess here must never drop data.
 
-use crate::disk::Disk;
+use crate::source::BlockSource;
 use crate::error::Result;
 use crate::jbd2::{Journal, Replay};
 use crate::ranges::Ranges;
@@ -51,7 +51,7 @@ const INCOMPAT_KNOWN: u32 = 0x2
 /// An ext2/3/4 file system inside a partition.
 #[derive(Debug)]
 pub struct Ext4<'a> {
-    disk: &'a Disk,
+    disk: &'a dyn BlockSource,
     /// Partition start on the disk.
     pub offset: u64,
     /// File system block size.
@@ -156,7 +156,7 @@ impl<'a> Ext4<'a> {
     ///
     /// # Errors
     /// I/O errors.
-    pub fn open(disk: &'a Disk, offset: u64, len: u64) -> Result<Opened<'a>> {
+    pub fn open(disk: &'a dyn BlockSource, offset: u64, len: u64) -> Result<Opened<'a>> {
         let Some(on_disk) = Self::open_view(disk, offset, len, None)? else {
             return Ok(Opened::NotExt4);
         };
@@ -188,7 +188,7 @@ impl<'a> Ext4<'a> {
 
     /// The file system at `offset`, read through `replay` (with its block size) when given.
     fn open_view(
-        disk: &'a Disk,
+        disk: &'a dyn BlockSource,
         offset: u64,
         len: u64,
         replay: Option<Replay>,
@@ -771,7 +771,7 @@ impl<'a> Ext4<'a> {
 /// each block from its newest committed copy in the journal when `replay` has one (with the
 /// escaped magic put back), else from its home.
 fn read_through(
-    disk: &Disk,
+    disk: &dyn BlockSource,
     offset: u64,
     bs: u64,
     replay: Option<&Replay>,
@@ -893,8 +893,8 @@ impl Inode {
 #[cfg(test)]
 mod tests {
     use super::{crc32c, read_through};
-    use crate::disk::Disk;
     use crate::jbd2::{Location, Replay, ESCAPED_MAGIC};
+    use crate::source::FileSource;
 
     #[test]
     fn reads_go_through_the_newest_copy_and_restore_escaped_magic() {
@@ -903,7 +903,7 @@ mod tests {
         // Eight blocks of 1 KiB, block i filled with byte i; blocks 5 and 6 are "journal copies".
         let img: Vec<u8> = (0..8u8).flat_map(|i| vec![i; 1024]).collect();
         std::fs::write(&path, &img).expect("write");
-        let disk = Disk::open(&path).expect("open");
+        let disk = FileSource::open(&path).expect("open");
         let replay = Replay::with_copies(
             1024,
             &[

@@ -9,10 +9,12 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::source::BlockSource;
 
 /// Progress of one disk.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -38,17 +40,18 @@ pub struct Journal {
     path: PathBuf,
 }
 
-/// The journal file for a job.
-pub fn key(url: &str, source: &str, disks: &[(String, PathBuf)]) -> String {
+/// The journal file for a job: the repository, the source and each disk's name and
+/// [`BlockSource::describe`] (for a file, its path as given).
+pub fn key(url: &str, source: &str, disks: &[(String, Arc<dyn BlockSource>)]) -> String {
     let mut h = blake3::Hasher::new();
     h.update(url.as_bytes());
     h.update(&[0]);
     h.update(source.as_bytes());
-    for (n, p) in disks {
+    for (n, d) in disks {
         h.update(&[0]);
         h.update(n.as_bytes());
         h.update(&[0]);
-        h.update(p.as_os_str().as_encoded_bytes());
+        h.update(d.describe().as_bytes());
     }
     h.finalize().to_hex()[..24].to_string()
 }

@@ -2,10 +2,12 @@
 //! sends the repository only what it lacks, and restores disks back.
 //!
 //! Module map:
-//! - [`disk`]: raw images (sparse-aware) and block devices.
+//! - [`source`]: where disk bytes come from ([`source::BlockSource`]): raw images (sparse-aware)
+//!   and block devices.
 //! - [`partition`], [`ext4`] (read through [`jbd2`], its journal), [`swap`], [`blockmap`]: what
 //!   must be read — partitions, swap, free blocks, excluded files, holes.
-//! - [`ranges`]: byte-range arithmetic. [`cbt`]: changed-block lists.
+//! - [`ranges`]: byte-range arithmetic. [`cbt`]: what changed since a base
+//!   ([`cbt::ChangeList`]).
 //! - [`client`]: the HTTP/2 repository client (retries, rate limit).
 //! - [`backup`]: the read → hash → find-missing → compress → upload → record → commit pipeline.
 //! - [`journal`]: what makes an interrupted backup resumable.
@@ -19,7 +21,6 @@ pub mod blockmap;
 pub mod cbt;
 pub mod client;
 pub mod demo;
-pub mod disk;
 pub mod error;
 pub mod ext4;
 pub mod file_index;
@@ -30,6 +31,7 @@ pub mod partition;
 pub mod progress;
 pub mod ranges;
 pub mod restore;
+pub mod source;
 pub mod swap;
 
 pub use error::{Error, Result};

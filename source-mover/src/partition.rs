@@ -8,7 +8,7 @@
 
 use crate::ranges::Ranges;
 
-use crate::disk::Disk;
+use crate::source::BlockSource;
 use crate::error::Result;
 
 /// What a partition table says a partition is.
@@ -64,8 +64,8 @@ fn u64le(b: &[u8], at: usize) -> u64 {
 ///
 /// # Errors
 /// I/O errors reading the disk.
-pub fn read(disk: &Disk) -> Result<Vec<Partition>> {
-    if disk.size < 1024 {
+pub fn read(disk: &dyn BlockSource) -> Result<Vec<Partition>> {
+    if disk.size() < 1024 {
         return Ok(Vec::new());
     }
     let mut mbr = vec![0u8; 512];
@@ -98,12 +98,12 @@ pub fn read(disk: &Disk) -> Result<Vec<Partition>> {
             conflict: None,
         });
     }
-    Ok(check(out, &Ranges::from_unsorted(table), disk.size))
+    Ok(check(out, &Ranges::from_unsorted(table), disk.size()))
 }
 
 /// Follows the chain of extended boot records, noting each one's sector in `table`.
 fn read_logical(
-    disk: &Disk,
+    disk: &dyn BlockSource,
     ext_start: u64,
     out: &mut Vec<Partition>,
     table: &mut Vec<(u64, u64)>,
@@ -112,7 +112,7 @@ fn read_logical(
     let mut number = 5;
     // A chain longer than this is corrupt or a loop.
     for _ in 0..128 {
-        if ebr_at + 512 > disk.size {
+        if ebr_at + 512 > disk.size() {
             break;
         }
         let mut ebr = vec![0u8; 512];
@@ -141,9 +141,9 @@ fn read_logical(
     Ok(())
 }
 
-fn read_gpt(disk: &Disk) -> Result<Vec<Partition>> {
+fn read_gpt(disk: &dyn BlockSource) -> Result<Vec<Partition>> {
     for sector in [512u64, 4096] {
-        if disk.size < sector * 2 {
+        if disk.size() < sector * 2 {
             continue;
         }
         let mut hdr = vec![0u8; 92];
@@ -156,7 +156,7 @@ fn read_gpt(disk: &Disk) -> Result<Vec<Partition>> {
             return Ok(Vec::new());
         }
         let bytes = (count * size) as usize;
-        if table * sector + bytes as u64 > disk.size {
+        if table * sector + bytes as u64 > disk.size() {
             return Ok(Vec::new());
         }
         let mut t = vec![0u8; bytes];
@@ -187,7 +187,7 @@ fn read_gpt(disk: &Disk) -> Result<Vec<Partition>> {
                 conflict: None,
             });
         }
-        return Ok(check(out, &Ranges::from_unsorted(structures), disk.size));
+        return Ok(check(out, &Ranges::from_unsorted(structures), disk.size()));
     }
     Ok(Vec::new())
 }
@@ -196,9 +196,9 @@ fn read_gpt(disk: &Disk) -> Result<Vec<Partition>> {
 /// and its entry array (as that header names it, or where it conventionally sits, just before
 /// the header, when the backup header is unreadable). Nothing when the alternate LBA is off the
 /// disk.
-fn backup_gpt(disk: &Disk, primary: &[u8], sector: u64, bytes: u64) -> Result<Vec<(u64, u64)>> {
+fn backup_gpt(disk: &dyn BlockSource, primary: &[u8], sector: u64, bytes: u64) -> Result<Vec<(u64, u64)>> {
     let alt = u64le(primary, 32).saturating_mul(sector);
-    if alt == 0 || alt.saturating_add(sector) > disk.size {
+    if alt == 0 || alt.saturating_add(sector) > disk.size() {
         return Ok(Vec::new());
     }
     let mut hdr = vec![0u8; 92];

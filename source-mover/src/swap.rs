@@ -8,7 +8,7 @@
 //! byte order is recognised; the old `SWAP-SPACE` format, a header for another page size and a
 //! byte-swapped header are not, and the caller reads such a partition in full.
 
-use crate::disk::Disk;
+use crate::source::BlockSource;
 use crate::error::Result;
 
 /// The page size a recognised header is written for.
@@ -51,8 +51,8 @@ impl Header {
     ///
     /// # Errors
     /// I/O errors reading the disk.
-    pub fn read(disk: &Disk, start: u64, len: u64) -> Result<Option<Header>> {
-        if len < PAGE || start + PAGE > disk.size {
+    pub fn read(disk: &dyn BlockSource, start: u64, len: u64) -> Result<Option<Header>> {
+        if len < PAGE || start + PAGE > disk.size() {
             return Ok(None);
         }
         let mut page = vec![0u8; PAGE as usize];

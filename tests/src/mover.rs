@@ -14,7 +14,7 @@ use crate::BACKUP_A;
 pub fn opts(source: &str, disk: &Path, state: &Path) -> BackupOptions {
     BackupOptions {
         source: source.into(),
-        disks: vec![("disk0".into(), disk.to_owned())],
+        disks: vec![("disk0".into(), source_mover::source::open(disk).unwrap())],
         cbt: BTreeMap::new(),
         base: Base::Latest,
         block_size: 1 << 20,

@@ -363,8 +363,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let file_index = !a.no_file_index;
             let opts = BackupOptions {
                 source: a.source,
-                disks: a.disks,
-                cbt: a.cbt.into_iter().collect::<BTreeMap<_, _>>(),
+                disks: a
+                    .disks
+                    .iter()
+                    .map(|(n, p)| Ok((n.clone(), source_mover::source::open(p)?)))
+                    .collect::<source_mover::Result<_>>()?,
+                cbt: a
+                    .cbt
+                    .iter()
+                    .map(|(n, p)| (n.clone(), source_mover::cbt::json_file(p)))
+                    .collect::<BTreeMap<_, _>>(),
                 base,
                 block_size: a
                     .block_size

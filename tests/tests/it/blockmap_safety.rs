@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use source_mover::backup::backup;
 use source_mover::blockmap::{plan, DiskPlan};
-use source_mover::disk::Disk;
+use source_mover::source::FileSource;
 use source_mover::ranges::Ranges;
 use tests::images::{self, noise, run};
 use tests::mover::{client, opts, restore_to};
@@ -65,7 +65,7 @@ fn swap_area(dir: &Path, made_for: u64, len: u64, seed: u64) -> Vec<u8> {
 }
 
 fn plan_of(path: &Path) -> DiskPlan {
-    plan(&Disk::open(path).unwrap(), &[]).unwrap()
+    plan(&FileSource::open(path).unwrap(), &[]).unwrap()
 }
 
 /// Backs the disk up, restores it, and checks the restored disk equals the source outside the
@@ -390,7 +390,7 @@ async fn excluded_files_drop_only_blocks_that_are_theirs() {
     let bytes =
         |start: u64, count: u64| Ranges::single(off + start * 4096, off + (start + count) * 4096);
     let globs = vec!["/var/cache/**".to_string(), "hostname".to_string()];
-    let pl = plan(&Disk::open(&path).unwrap(), &globs).unwrap();
+    let pl = plan(&FileSource::open(&path).unwrap(), &globs).unwrap();
     let excluded = &pl.dropped["excluded"];
     for (p, start, count) in targets {
         assert!(
@@ -449,7 +449,7 @@ fn excluded_files_are_read_while_a_bitmap_fails_its_checksum() {
     );
     let globs = vec!["/var/cache/**".to_string()];
     let excluded_of = |path: &Path| {
-        let pl = plan(&Disk::open(path).unwrap(), &globs).unwrap();
+        let pl = plan(&FileSource::open(path).unwrap(), &globs).unwrap();
         (pl.dropped["excluded"].total(), pl.found)
     };
     let (sound, _) = excluded_of(&img.path);

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use source_mover::backup::backup;
 use source_mover::blockmap::{plan, DiskPlan};
 use source_mover::client::RepoClient;
-use source_mover::disk::Disk;
+use source_mover::source::FileSource;
 use tests::images::{
     assemble, crash_snapshot, debugfs_script, dump, extract, flip_bits, fsck_repair, journal_block,
     rdump, run, Image, Snapshot, Table,
@@ -168,7 +168,7 @@ async fn crash_consistent_snapshots_keep_their_new_files() {
             "{name}"
         );
         let img = disk(&s, &d, name);
-        let p = plan(&Disk::open(&img.path).unwrap(), &[]).unwrap();
+        let p = plan(&FileSource::open(&img.path).unwrap(), &[]).unwrap();
         let line = found_line(&p);
         let lost = lost_blocks(&p, &img, &s);
         eprintln!(
@@ -252,7 +252,7 @@ async fn journals_not_understood_are_read_in_full() {
         };
         assert!(needs_recovery(&s.fs_img), "{case}");
         let img = disk(&s, &d, case);
-        let p = plan(&Disk::open(&img.path).unwrap(), &[]).unwrap();
+        let p = plan(&FileSource::open(&img.path).unwrap(), &[]).unwrap();
         let line = found_line(&p);
         eprintln!("{case}: {line}");
         assert!(
@@ -305,7 +305,7 @@ async fn a_revoked_block_is_not_replayed() {
         ),
     );
     let img = disk(&s, d, "revoke");
-    let p = plan(&Disk::open(&img.path).unwrap(), &[]).unwrap();
+    let p = plan(&FileSource::open(&img.path).unwrap(), &[]).unwrap();
     let line = found_line(&p);
     assert!(
         line.contains("journal replayed in memory (2 transactions"),

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use source_mover::backup::backup;
 use source_mover::blockmap::plan;
-use source_mover::disk::Disk;
+use source_mover::source::FileSource;
 use source_mover::ranges::Ranges;
 use tests::images::{
     assemble, build, dumpe2fs_free, extract, flip_bits, make_tree, noise, run, Layout, Table,
@@ -97,7 +97,7 @@ async fn excluded_files_failing_their_checksums_are_read() {
         "many-extents.bin".to_string(),
         "/var/cache/**".to_string(),
     ];
-    let p = plan(&Disk::open(&img.path).unwrap(), &globs).unwrap();
+    let p = plan(&FileSource::open(&img.path).unwrap(), &globs).unwrap();
     let line = p
         .found
         .iter()
@@ -182,7 +182,7 @@ fn a_group_whose_descriptor_fails_its_crc16_is_kept_whole() {
             .collect(),
     );
     assert!(free.intersect(&group_bytes).total() > 4 << 20);
-    let before = plan(&Disk::open(&img.path).unwrap(), &[]).unwrap();
+    let before = plan(&FileSource::open(&img.path).unwrap(), &[]).unwrap();
     assert!(before.dropped["free"].intersect(&group_bytes).total() > 4 << 20);
     // Descriptors of 64 bytes (64bit) from block 2; flip a byte of group 3's bg_checksum.
     let desc_size = 64;
@@ -191,7 +191,7 @@ fn a_group_whose_descriptor_fails_its_crc16_is_kept_whole() {
         img.fs.0 + 2 * bs + group * desc_size + 0x1E,
         0xFF,
     );
-    let after = plan(&Disk::open(&img.path).unwrap(), &[]).unwrap();
+    let after = plan(&FileSource::open(&img.path).unwrap(), &[]).unwrap();
     let line = after
         .found
         .iter()

@@ -26,7 +26,7 @@ pub(crate) async fn restore_to(c: &RepoClient, id: &str, out: &Path) {
 /// dumpe2fs lists them, excluded files); the file system is clean and its files are the tree's.
 fn check(img: &Image, restored: &Path, dir: &Path, excludes: &[String]) {
     std::fs::create_dir_all(dir).unwrap();
-    let disk = source_mover::disk::Disk::open(&img.path).unwrap();
+    let disk = source_mover::source::FileSource::open(&img.path).unwrap();
     let plan = source_mover::blockmap::plan(&disk, excludes).unwrap();
     let src = std::fs::read(&img.path).unwrap();
     let got = std::fs::read(restored).unwrap();
@@ -303,7 +303,7 @@ async fn incrementals_with_and_without_cbt() {
 
     // With CBT: reads at most the changed extents rounded up to whole blocks.
     let mut o = opts("vm-inc", &day2.path, &dir.path().join("s"));
-    o.cbt.insert("disk0".into(), cbt);
+    o.cbt.insert("disk0".into(), source_mover::cbt::json_file(&cbt));
     let inc = backup(&c, &o).await.unwrap();
     assert_eq!(inc.base.as_deref(), Some(full.backup_id.as_str()));
     assert!(
@@ -519,7 +519,7 @@ async fn a_block_bitmap_failing_its_checksum_keeps_its_group() {
         .find_map(|l| l.strip_prefix("Group descriptor size:"))
         .map_or(32, |v| v.trim().parse().unwrap());
     let plan_of = |img: &Image| {
-        let disk = source_mover::disk::Disk::open(&img.path).unwrap();
+        let disk = source_mover::source::FileSource::open(&img.path).unwrap();
         source_mover::blockmap::plan(&disk, &[]).unwrap()
     };
     let pristine = plan_of(&built);
@@ -633,7 +633,7 @@ fn bigalloc_file_systems_are_read_in_full() {
                 .args(extra)
                 .arg(&img),
         );
-        let disk = source_mover::disk::Disk::open(&img).unwrap();
+        let disk = source_mover::source::FileSource::open(&img).unwrap();
         let plan = source_mover::blockmap::plan(&disk, &[]).unwrap();
         assert_eq!(
             !plan.dropped["free"].is_empty(),

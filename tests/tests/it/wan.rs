@@ -18,7 +18,7 @@ const MIB: u64 = 1 << 20;
 fn opts(disk: &std::path::Path, state: &std::path::Path, streams: usize) -> BackupOptions {
     BackupOptions {
         source: "vm-wan".into(),
-        disks: vec![("disk0".into(), disk.to_owned())],
+        disks: vec![("disk0".into(), source_mover::source::open(disk).unwrap())],
         cbt: BTreeMap::new(),
         base: Base::None,
         block_size: 256 << 10,

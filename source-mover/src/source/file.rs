@@ -1,30 +1,29 @@
-//! Source disks: raw image files (sparse-aware) and block devices.
+//! Raw image files (sparse-aware) and block devices as a [`BlockSource`].
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::BlockSource;
 use crate::error::{Error, Result};
 use crate::ranges::Ranges;
 
-/// An open source disk.
+/// An open image file or block device.
 #[derive(Debug)]
-pub struct Disk {
+pub struct FileSource {
     file: File,
-    /// Path as given.
-    pub path: PathBuf,
-    /// Size in bytes.
-    pub size: u64,
-    /// Byte ranges that hold data; the rest are holes of a sparse file (never read).
-    pub data: Ranges,
+    path: PathBuf,
+    size: u64,
+    /// A regular file (holes can be asked for); a block device is all data.
+    regular: bool,
 }
 
-impl Disk {
+impl FileSource {
     /// Opens a disk image or block device read-only.
     ///
     /// # Errors
     /// The path cannot be opened or sized.
-    pub fn open(path: &Path) -> Result<Disk> {
+    pub fn open(path: &Path) -> Result<FileSource> {
         let file = File::open(path).map_err(|e| Error::io(path.display(), e))?;
         let meta = file.metadata().map_err(|e| Error::io(path.display(), e))?;
         let size = if meta.is_file() {
@@ -36,27 +35,43 @@ impl Disk {
                 .seek(std::io::SeekFrom::End(0))
                 .map_err(|e| Error::io(path.display(), e))?
         };
-        let data = if meta.is_file() {
-            data_ranges(&file, size)
-        } else {
-            Ranges::single(0, size)
-        };
-        Ok(Disk {
+        Ok(FileSource {
             file,
             path: path.to_owned(),
             size,
-            data,
+            regular: meta.is_file(),
         })
     }
 
-    /// Reads exactly `buf.len()` bytes at `offset`.
-    ///
-    /// # Errors
-    /// I/O errors, naming the disk and offset.
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    /// The path as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl BlockSource for FileSource {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| Error::io(format!("{} at offset {offset}", self.path.display()), e))
+    }
+
+    /// The data extents of a regular file, from `SEEK_DATA`/`SEEK_HOLE` (the whole file where
+    /// the file system cannot tell); all of a block device.
+    fn allocated(&self) -> Result<Ranges> {
+        Ok(if self.regular {
+            data_ranges(&self.file, self.size)
+        } else {
+            Ranges::single(0, self.size)
+        })
     }
 }
 
@@ -99,16 +114,19 @@ mod tests {
         f.write_all_at(&[1u8; 8192], 10 << 20).expect("write");
         f.flush().expect("flush");
         drop(f);
-        let d = Disk::open(&p).expect("open");
-        assert_eq!(d.size, 64 << 20);
+        let d = FileSource::open(&p).expect("open");
+        assert_eq!(d.size(), 64 << 20);
+        assert_eq!(d.describe(), p.display().to_string());
         // The file system may round to its block size, but must not claim the whole file.
+        let data = d.allocated().expect("allocated");
         assert!(
-            d.data.total() >= 8192 && d.data.total() < 1 << 20,
-            "{:?}",
-            d.data
+            data.total() >= 8192 && data.total() < 1 << 20,
+            "{data:?}"
         );
         let mut buf = [0u8; 4];
         d.read_at(&mut buf, 10 << 20).expect("read");
         assert_eq!(buf, [1; 4]);
+        // Reading past the end is an error, never zeros.
+        assert!(d.read_at(&mut buf, (64 << 20) - 2).is_err());
     }
 }
