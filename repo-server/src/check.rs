@@ -26,7 +26,7 @@ use schema::api::SessionState;
 use schema::{ChunkId, SessionId};
 use serde_json::{json, Value};
 
-use crate::catalog::{backup_time_keys, counter, Catalog, ChunkMeta};
+use crate::catalog::{counter, Catalog, ChunkMeta, PinRow};
 use crate::chunk_store::BlobDir;
 use crate::error::{Error, Result};
 
@@ -65,6 +65,14 @@ impl Report {
     fn repaired(&mut self, kind: &'static str, n: u64) {
         if n > 0 {
             *self.repaired.entry(kind).or_default() += n;
+        }
+    }
+
+    /// One row of session data whose session is not open (or that does not decode).
+    fn stale_session_data(&mut self, repair: bool) {
+        self.leftover("stale_session_data", 1);
+        if repair {
+            self.repaired("stale_session_data_removed", 1);
         }
     }
 
@@ -206,8 +214,7 @@ impl Checker {
     }
 
     fn marks(&mut self) -> Result<()> {
-        let left = self.catalog.slice("gcmark", None, 1)?;
-        if !left.is_empty() {
+        if self.catalog.has_marks()? {
             self.r.leftover("gc_marks", 1);
             if self.repair {
                 self.catalog.clear_marks()?;
@@ -221,17 +228,13 @@ impl Checker {
     /// counters match the rows.
     fn chunk_rows(&mut self) -> Result<()> {
         let (mut rows, mut bytes) = (0i64, 0i64);
-        let mut after: Option<Box<[u8]>> = None;
-        loop {
-            let slice = self.catalog.slice("chunks", after.as_deref(), SLICE)?;
-            let Some((last, _)) = slice.last() else { break };
-            after = Some(last.clone());
+        for page in self.catalog.chunk_pages(SLICE) {
+            let page = page?;
+            for bad in &page.bad {
+                self.r.problem("undecodable_chunk_rows", bad.to_string());
+            }
             let mut b = self.catalog.batch();
-            for (k, v) in &slice {
-                let (Some(id), Some(m)) = (ChunkId::from_slice(k), ChunkMeta::decode(v)) else {
-                    self.r.problem("undecodable_chunk_rows", hex(k));
-                    continue;
-                };
+            for &(id, m) in &page.rows {
                 rows += 1;
                 bytes += m.stored_len as i64;
                 if m.is_bad() {
@@ -317,7 +320,6 @@ impl Checker {
     fn backups(&mut self) -> Result<()> {
         let (mut n, mut logical) = (0i64, 0i64);
         let mut live_indexes = HashSet::new();
-        let mut time_keys = HashSet::new();
         let mut manifests = Vec::new();
         self.catalog.for_each_backup(|m| {
             manifests.push(m);
@@ -326,10 +328,6 @@ impl Checker {
         for m in &manifests {
             n += 1;
             logical += m.stats.logical_bytes as i64;
-            let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
-            for k in backup_time_keys(m, created) {
-                time_keys.insert(k);
-            }
             let file_index_chunks: Vec<ChunkId> = m
                 .file_indexes
                 .iter()
@@ -374,29 +372,19 @@ impl Checker {
         self.counter(counter::BACKUPS, n)?;
         self.counter(counter::LOGICAL_BYTES, logical)?;
         // Time index: every key of every backup, and no other.
-        let mut present = HashSet::new();
-        let mut after: Option<Box<[u8]>> = None;
+        let time = self.catalog.check_time_index(&manifests)?;
         let mut b = self.catalog.batch();
-        loop {
-            let slice = self.catalog.slice("backup_time", after.as_deref(), SLICE)?;
-            let Some((last, _)) = slice.last() else { break };
-            after = Some(last.clone());
-            for (k, _) in slice {
-                if time_keys.contains(&*k) {
-                    present.insert(k.to_vec());
-                } else {
-                    self.r.problem("time_index_stale_keys", hex(&k));
-                    if self.repair {
-                        b.delete_raw("backup_time", &k);
-                        self.r.repaired("time_index_keys_fixed", 1);
-                    }
-                }
+        for k in &time.stale {
+            self.r.problem("time_index_stale_keys", k.to_string());
+            if self.repair {
+                b.delete_time_key(k);
+                self.r.repaired("time_index_keys_fixed", 1);
             }
         }
-        for k in time_keys.difference(&present) {
-            self.r.problem("time_index_missing_keys", hex(k));
+        for k in &time.missing {
+            self.r.problem("time_index_missing_keys", k.to_string());
             if self.repair {
-                b.put_raw("backup_time", k, &[]);
+                b.put_time_key(k);
                 self.r.repaired("time_index_keys_fixed", 1);
             }
         }
@@ -441,70 +429,52 @@ impl Checker {
             .map(|s| s.id)
             .collect();
         self.r.examined.insert("open_sessions", open.len() as u64);
-        for cf in ["pins", "entries"] {
-            let mut after: Option<Box<[u8]>> = None;
-            loop {
-                let slice = self.catalog.slice(cf, after.as_deref(), SLICE)?;
-                let Some((last, _)) = slice.last() else { break };
-                after = Some(last.clone());
-                let mut b = self.catalog.batch();
-                let mut pinned = Vec::new();
-                for (k, _) in &slice {
-                    let session = <[u8; 16]>::try_from(&k[..16.min(k.len())])
-                        .ok()
-                        .map(SessionId);
-                    if session.is_some_and(|s| open.contains(&s)) {
-                        if cf == "pins" {
-                            if let Some(c) = ChunkId::from_slice(&k[16..]) {
-                                pinned.push((k.clone(), c));
-                            }
-                        }
-                        continue;
-                    }
-                    self.r.leftover("stale_session_data", 1);
-                    if self.repair {
-                        b.delete_raw(cf, k);
-                        self.r.repaired("stale_session_data_removed", 1);
-                    }
-                }
-                let ids: Vec<ChunkId> = pinned.iter().map(|(_, c)| *c).collect();
-                for ((k, c), m) in pinned.iter().zip(self.catalog.chunks(&ids)?) {
-                    if m.is_none() {
-                        self.r.problem("pins_of_missing_chunks", c.to_string());
-                        if self.repair {
-                            b.delete_raw("pins", k);
-                            self.r.repaired("pins_removed", 1);
-                        }
-                    }
-                }
-                if !b.is_empty() {
-                    self.catalog.write(b)?;
+        // Record runs of sessions that are not open; malformed rows count as theirs.
+        for page in self.catalog.entries_pages(SLICE) {
+            let page = page?;
+            let mut b = self.catalog.batch();
+            for r in page.rows.iter().filter(|r| !open.contains(&r.session)) {
+                self.r.stale_session_data(self.repair);
+                if self.repair {
+                    b.delete_entries(r);
                 }
             }
+            for bad in &page.bad {
+                self.r.stale_session_data(self.repair);
+                if self.repair {
+                    b.delete_bad_row(bad);
+                }
+            }
+            if !b.is_empty() {
+                self.catalog.write(b)?;
+            }
         }
-        Ok(())
-    }
-
-    /// Owner rows name chunks that exist.
-    fn owners(&mut self) -> Result<()> {
-        let mut after: Option<Box<[u8]>> = None;
-        loop {
-            let slice = self.catalog.slice("owners", after.as_deref(), SLICE)?;
-            let Some((last, _)) = slice.last() else { break };
-            after = Some(last.clone());
-            let ids: Vec<ChunkId> = slice
-                .iter()
-                .map(|(k, _)| {
-                    ChunkId::from_slice(&k[k.len().saturating_sub(32)..]).unwrap_or(ChunkId::HOLE)
-                })
-                .collect();
+        // Pins: of open sessions only, and of chunks that have rows.
+        for page in self.catalog.pin_pages(SLICE) {
+            let page = page?;
             let mut b = self.catalog.batch();
-            for ((k, _), m) in slice.iter().zip(self.catalog.chunks(&ids)?) {
+            let (live, stale): (Vec<&PinRow>, Vec<&PinRow>) =
+                page.rows.iter().partition(|p| open.contains(&p.session));
+            for p in stale {
+                self.r.stale_session_data(self.repair);
+                if self.repair {
+                    b.delete_pin(&p.session, &p.chunk);
+                }
+            }
+            for bad in &page.bad {
+                self.r.stale_session_data(self.repair);
+                if self.repair {
+                    b.delete_bad_row(bad);
+                }
+            }
+            let ids: Vec<ChunkId> = live.iter().map(|p| p.chunk).collect();
+            for (p, m) in live.iter().zip(self.catalog.chunks(&ids)?) {
                 if m.is_none() {
-                    self.r.leftover("stale_owner_rows", 1);
+                    self.r
+                        .problem("pins_of_missing_chunks", p.chunk.to_string());
                     if self.repair {
-                        b.delete_owner_key(k);
-                        self.r.repaired("stale_owner_rows_removed", 1);
+                        b.delete_pin(&p.session, &p.chunk);
+                        self.r.repaired("pins_removed", 1);
                     }
                 }
             }
@@ -514,8 +484,32 @@ impl Checker {
         }
         Ok(())
     }
-}
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    /// Owner rows name chunks that exist.
+    fn owners(&mut self) -> Result<()> {
+        for page in self.catalog.owner_pages(SLICE) {
+            let page = page?;
+            let stale = self.catalog.stale_owners(&page.rows)?;
+            let mut b = self.catalog.batch();
+            for o in &stale {
+                self.r.leftover("stale_owner_rows", 1);
+                if self.repair {
+                    b.delete_owner(o);
+                    self.r.repaired("stale_owner_rows_removed", 1);
+                }
+            }
+            // A row that does not decode names no chunk that exists.
+            for bad in &page.bad {
+                self.r.leftover("stale_owner_rows", 1);
+                if self.repair {
+                    b.delete_bad_row(bad);
+                    self.r.repaired("stale_owner_rows_removed", 1);
+                }
+            }
+            if !b.is_empty() {
+                self.catalog.write(b)?;
+            }
+        }
+        Ok(())
+    }
 }

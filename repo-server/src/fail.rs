@@ -29,7 +29,7 @@ pub const POINTS: &[&str] = &[
     // repo::commit: index blobs written, manifest not yet
     "commit.before_batch",
     "commit.after_batch",
-    // repo::jobs::gc
+    // repo::gc
     "gc.after_mark",
     "gc.after_row_delete",
     "gc.before_index_removal",

@@ -7,9 +7,11 @@
 //! - [`store`]: where the data lives — the `BlobStore` and `ManifestStore` traits and their
 //!   contract (the gateway implements them on an SMB share).
 //! - [`chunk_store`]: durable content-addressed files (chunks, index blobs): the local store.
-//! - [`catalog`]: the RocksDB catalog: column families, keys, write batches.
+//! - [`catalog`]: the RocksDB catalog: the typed column-family list, key layouts, typed rows
+//!   and write batches (by what is stored: sessions, chunks, backups, guest files).
 //! - [`check`]: the offline consistency check and repair (`repo-server check`).
-//! - [`repo`]: the repository's operations (sessions, ingest, commit, reads, jobs), blocking.
+//! - [`repo`]: the repository's operations (sessions, ingest, commit, reads, GC, verify),
+//!   blocking.
 //! - [`http`]: the axum router; thin handlers that parse, call [`repo::Repository`], answer.
 //! - [`server`]: the accept loop (h2c + HTTP/1.1 + TLS), limits, graceful shutdown.
 //! - [`fail`]: fail points for crash tests, inert unless a test binary arms one.

@@ -14,7 +14,7 @@ use schema::{BackupId, ChunkId, DiskName, ErrorCode, SessionId};
 use super::read::DiskImage;
 use super::Repository;
 use crate::auth::Caller;
-use crate::catalog::{files_prefix, Batch};
+use crate::catalog::Batch;
 use crate::error::{Error, Result};
 
 /// Largest file index accepted for one file system (bytes of JSON lines).
@@ -222,35 +222,6 @@ impl Repository {
         Ok(())
     }
 
-    /// Adds the removal of a backup's catalog rows to a deletion batch.
-    ///
-    /// # Errors
-    /// RocksDB errors.
-    pub(crate) fn delete_file_indexes(
-        &self,
-        b: &mut Batch<'_>,
-        m: &Manifest,
-        created_ms: i64,
-    ) -> Result<()> {
-        for r in &m.file_indexes {
-            let prefix = files_prefix(m.id.as_str(), r.disk.as_str(), r.partition, None);
-            self.catalog.files_under(&prefix, None, usize::MAX, |e| {
-                b.delete_name(&crate::catalog::names_key(
-                    &m.tenant,
-                    e.name(),
-                    created_ms,
-                    m.id.as_str(),
-                    r.disk.as_str(),
-                    r.partition,
-                    &e.path,
-                ));
-                Ok(())
-            })?;
-        }
-        b.delete_files_of(m.id.as_str());
-        Ok(())
-    }
-
     fn file_index<'m>(
         &self,
         m: &'m Manifest,
@@ -319,15 +290,17 @@ impl Repository {
         }
         let mut queue = std::collections::VecDeque::from([(path.clone(), 1u32)]);
         while let Some((dir, level)) = queue.pop_front() {
-            let prefix = files_prefix(id.as_str(), r.disk.as_str(), r.partition, Some(&dir));
             let left = limit - entries.len();
-            let more = self.catalog.files_under(&prefix, None, left, |e| {
-                if e.kind == FileKind::Dir && level < depth {
-                    queue.push_back((e.path.clone(), level + 1));
-                }
-                entries.push(entry_json(&e));
-                Ok(())
-            })?;
+            let (disk, part) = (r.disk.as_str(), r.partition);
+            let more = self
+                .catalog
+                .files_in(id.as_str(), disk, part, Some(&dir), left, |e| {
+                    if e.kind == FileKind::Dir && level < depth {
+                        queue.push_back((e.path.clone(), level + 1));
+                    }
+                    entries.push(entry_json(&e));
+                    Ok(())
+                })?;
             if more || (entries.len() == limit && !queue.is_empty()) {
                 truncated = true;
                 break;

@@ -5,8 +5,11 @@
 //! - [`commit`]: turning a session into a durable, visible backup.
 //! - [`read`]: the catalog as seen by storage admins, index and image reads, chunk reads.
 //! - [`files`]: the guest file catalog (browse a backup's files, read one, search by name).
-//! - [`jobs`]: GC and verify.
+//! - [`jobs`]: the registry of background jobs and their reports.
+//! - [`gc`]: mark and sweep while backups run (its module documentation argues why it is safe).
+//! - [`verify`]: re-reading and re-hashing stored chunks; quarantine of damaged ones.
 //! - [`retention`]: prune by policy, within the immutability window.
+//! - [`rescan`]: rebuilding a lost catalog from the manifests in the store.
 //!
 //! Locking, outermost first (never taken the other way round):
 //! 1. `gc` (read by every operation that pins or references chunks; write by GC only for
@@ -24,12 +27,14 @@
 
 pub mod commit;
 pub mod files;
+pub mod gc;
 pub mod ingest;
 pub mod jobs;
 pub mod read;
 pub mod rescan;
 pub mod retention;
 pub mod session;
+pub mod verify;
 
 pub(crate) use read::index_ids;
 

@@ -9,7 +9,7 @@ use schema::{BackupId, ChunkId, DiskName, ErrorCode};
 
 use super::Repository;
 use crate::auth::Caller;
-use crate::catalog::{counter, ChunkMeta};
+use crate::catalog::{counter, BackupScope, ChunkMeta};
 use crate::error::{Error, Result};
 
 /// Filters of `GET /v1/backups`.
@@ -66,12 +66,6 @@ impl Cursor {
             .and_then(|t| t.parse().ok())
             .ok_or_else(bad)?;
         Ok(Cursor { ms, id })
-    }
-
-    fn key(&self) -> Vec<u8> {
-        let mut k = (self.ms.max(0) as u64).to_be_bytes().to_vec();
-        k.extend_from_slice(self.id.as_str().as_bytes());
-        k
     }
 }
 
@@ -269,57 +263,48 @@ impl Repository {
     /// # Errors
     /// RocksDB errors.
     pub fn list_backups(&self, caller: &Caller, q: &ListQuery) -> Result<BackupList> {
-        let mut prefix = Vec::new();
         let mut filter_source = None;
-        match (&q.source, caller.is_admin()) {
-            (None, true) => prefix.push(b'a'),
+        let scope = match (&q.source, caller.is_admin()) {
+            (None, true) => BackupScope::All,
             (Some(src), true) => {
-                prefix.push(b'a');
                 filter_source = Some(src.as_str());
+                BackupScope::All
             }
-            (None, false) => {
-                prefix.push(b't');
-                prefix.extend_from_slice(caller.tenant.as_bytes());
-                prefix.push(0);
-            }
-            (Some(src), false) => {
-                prefix.push(b's');
-                prefix.extend_from_slice(caller.tenant.as_bytes());
-                prefix.push(0);
-                prefix.extend_from_slice(src.as_bytes());
-                prefix.push(0);
-            }
-        }
-        let until_key = q
-            .until_ms
-            .map(|u| (u.saturating_add(1).max(0) as u64).to_be_bytes().to_vec());
-        let before = match (q.cursor.as_ref().map(Cursor::key), until_key) {
+            (None, false) => BackupScope::Tenant(&caller.tenant),
+            (Some(src), false) => BackupScope::Source {
+                tenant: &caller.tenant,
+                source: src,
+            },
+        };
+        // Strictly below the cursor's backup, and below every backup after `until`.
+        let cursor = q.cursor.as_ref().map(|c| (c.ms.max(0), c.id.as_str()));
+        let until = q.until_ms.map(|u| (u.saturating_add(1).max(0), ""));
+        let before = match (cursor, until) {
             (Some(c), Some(u)) => Some(c.min(u)),
             (c, u) => c.or(u),
         };
         let mut out: Vec<(i64, Manifest)> = Vec::new();
         let mut more = false;
-        self.catalog
-            .backups_newest_first(&prefix, before.as_deref(), |ms, id| {
-                if q.since_ms.is_some_and(|s| ms < s) {
-                    return Ok(false);
-                }
-                let Ok(id) = id.parse::<BackupId>() else {
-                    return Ok(true);
-                };
-                let Some(m) = self.catalog.backup(&id)? else {
-                    return Ok(true);
-                };
-                if filter_source.is_some_and(|s| s != m.source) {
-                    return Ok(true);
-                }
-                if out.len() == q.limit {
-                    more = true;
-                    return Ok(false);
-                }
-                out.push((ms, m));
-                Ok(true)
-            })?;
+        self.catalog.backups_newest_first(scope, before, |ms, id| {
+            if q.since_ms.is_some_and(|s| ms < s) {
+                return Ok(false);
+            }
+            let Ok(id) = id.parse::<BackupId>() else {
+                return Ok(true);
+            };
+            let Some(m) = self.catalog.backup(&id)? else {
+                return Ok(true);
+            };
+            if filter_source.is_some_and(|s| s != m.source) {
+                return Ok(true);
+            }
+            if out.len() == q.limit {
+                more = true;
+                return Ok(false);
+            }
+            out.push((ms, m));
+            Ok(true)
+        })?;
         let next = if more {
             out.last().map(|(ms, m)| {
                 Cursor {

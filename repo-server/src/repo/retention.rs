@@ -31,7 +31,7 @@ impl Repository {
             .map_err(|e| Error::storage("removing the manifest", e))?;
         let mut b = self.catalog.batch();
         b.delete_backup(m, created);
-        self.delete_file_indexes(&mut b, m, created)?;
+        b.delete_file_catalog(m, created)?;
         b.add(counter::BACKUPS, -1);
         b.add(counter::LOGICAL_BYTES, -(m.stats.logical_bytes as i64));
         self.catalog.write(b)?;

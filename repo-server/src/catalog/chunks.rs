@@ -1,0 +1,228 @@
+//! Stored chunks: their metadata (`chunks`), which tenants own them (`owners`), GC's mark set
+//! (`gcmark`) and when verify last found them sound (`verified`).
+
+use schema::ChunkId;
+
+use super::{keys, Batch, Catalog, Cf, Pages};
+use crate::error::Result;
+
+/// Metadata of a stored chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkMeta {
+    /// Uncompressed length.
+    pub raw_len: u64,
+    /// Bytes of the stored file.
+    pub stored_len: u64,
+    /// When the file was written (stored or healed), Unix ms: GC's age test. Pins, not this
+    /// time, protect chunks in use; the row is never rewritten just to refresh it.
+    pub touched_ms: i64,
+    /// Bit 0: marked bad by verify (treated as missing until a fresh copy arrives).
+    pub flags: u8,
+}
+
+impl ChunkMeta {
+    /// Flag: verify found the file corrupt or missing.
+    pub const BAD: u8 = 1;
+
+    /// Whether verify marked it bad.
+    pub fn is_bad(&self) -> bool {
+        self.flags & Self::BAD != 0
+    }
+
+    /// The stored value: raw length (8) + stored length (8) + touched ms (8) + flags (1), LE.
+    fn encode(&self) -> [u8; 25] {
+        let mut b = [0u8; 25];
+        b[..8].copy_from_slice(&self.raw_len.to_le_bytes());
+        b[8..16].copy_from_slice(&self.stored_len.to_le_bytes());
+        b[16..24].copy_from_slice(&self.touched_ms.to_le_bytes());
+        b[24] = self.flags;
+        b
+    }
+
+    /// A stored value back (`None` for another length).
+    fn decode(b: &[u8]) -> Option<ChunkMeta> {
+        if b.len() != 25 {
+            return None;
+        }
+        Some(ChunkMeta {
+            raw_len: keys::parse_u64(&b[0..8]),
+            stored_len: keys::parse_u64(&b[8..16]),
+            touched_ms: keys::parse_i64(&b[16..24]),
+            flags: b[24],
+        })
+    }
+}
+
+/// One `owners` row: `tenant` uploaded or references `chunk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerRow {
+    /// The tenant.
+    pub tenant: String,
+    /// The chunk.
+    pub chunk: ChunkId,
+}
+
+impl Batch<'_> {
+    /// Stores chunk metadata.
+    pub fn put_chunk(&mut self, c: &ChunkId, m: ChunkMeta) {
+        self.put(Cf::Chunks, c.0, m.encode());
+    }
+
+    /// Removes chunk metadata.
+    pub fn delete_chunk(&mut self, c: &ChunkId) {
+        self.delete(Cf::Chunks, c.0);
+    }
+
+    /// Records that `tenant` owns `c`.
+    pub fn put_owner(&mut self, tenant: &str, c: &ChunkId) {
+        self.put(Cf::Owners, keys::owner(tenant, c), []);
+    }
+
+    /// Removes an owner row.
+    pub fn delete_owner(&mut self, o: &OwnerRow) {
+        self.delete(Cf::Owners, keys::owner(&o.tenant, &o.chunk));
+    }
+
+    /// Adds a chunk (or an index blob, by its hash) to GC's mark set.
+    pub fn put_mark(&mut self, c: &ChunkId) {
+        self.put(Cf::GcMark, c.0, []);
+    }
+
+    /// Records when verify last found `c` sound.
+    pub fn put_verified(&mut self, c: &ChunkId, ms: i64) {
+        self.put(Cf::Verified, c.0, ms.to_le_bytes());
+    }
+
+    /// Forgets a chunk's verify time (the chunk is gone).
+    pub fn delete_verified(&mut self, c: &ChunkId) {
+        self.delete(Cf::Verified, c.0);
+    }
+}
+
+impl Catalog {
+    /// Chunk metadata for many ids.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkMeta>>> {
+        let cf = self.cf(Cf::Chunks);
+        let wanted: Vec<_> = ids.iter().map(|c| (cf, c.0)).collect();
+        self.db
+            .multi_get_cf(wanted)
+            .into_iter()
+            .map(|r| Ok(r?.and_then(|v| ChunkMeta::decode(&v))))
+            .collect()
+    }
+
+    /// Chunk metadata for one id.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkMeta>> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(Cf::Chunks), id.0)?
+            .and_then(|v| ChunkMeta::decode(&v)))
+    }
+
+    /// Every chunk with its metadata, `n` a page (GC's sweep, verify, the offline check).
+    pub fn chunk_pages(&self, n: usize) -> Pages<'_, (ChunkId, ChunkMeta)> {
+        self.pages(Cf::Chunks, n, |k, v| {
+            Some((ChunkId::from_slice(k)?, ChunkMeta::decode(v)?))
+        })
+    }
+
+    /// Whether `tenant` owns each of `ids`.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn owned(&self, tenant: &str, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        self.present(Cf::Owners, ids.iter().map(|c| keys::owner(tenant, c)))
+    }
+
+    /// Every owner row, `n` a page.
+    pub fn owner_pages(&self, n: usize) -> Pages<'_, OwnerRow> {
+        self.pages(Cf::Owners, n, |k, _| {
+            keys::parse_owner(k).map(|(tenant, chunk)| OwnerRow { tenant, chunk })
+        })
+    }
+
+    /// The rows among `rows` whose chunk has no metadata row (any more).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn stale_owners(&self, rows: &[OwnerRow]) -> Result<Vec<OwnerRow>> {
+        let ids: Vec<ChunkId> = rows.iter().map(|o| o.chunk).collect();
+        Ok(rows
+            .iter()
+            .zip(self.chunks(&ids)?)
+            .filter(|(_, m)| m.is_none())
+            .map(|(o, _)| o.clone())
+            .collect())
+    }
+
+    /// Whether each of `ids` is in GC's mark set.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn marked(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        self.present(Cf::GcMark, ids.iter().map(|c| c.0))
+    }
+
+    /// Whether GC's mark set holds anything (left by a GC that did not finish).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn has_marks(&self) -> Result<bool> {
+        self.any(Cf::GcMark)
+    }
+
+    /// Empties GC's mark set and compacts it away.
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn clear_marks(&self) -> Result<()> {
+        let cf = self.cf(Cf::GcMark);
+        self.db
+            .delete_range_cf(cf, &[0u8; 32][..], &[0xffu8; 33][..])?;
+        self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
+    /// When verify last found each of `ids` sound (Unix ms).
+    ///
+    /// # Errors
+    /// RocksDB errors.
+    pub fn verified(&self, ids: &[ChunkId]) -> Result<Vec<Option<i64>>> {
+        let cf = self.cf(Cf::Verified);
+        let wanted: Vec<_> = ids.iter().map(|c| (cf, c.0)).collect();
+        self.db
+            .multi_get_cf(wanted)
+            .into_iter()
+            .map(|r| Ok(r?.map(|v| keys::parse_i64(&v))))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChunkMeta;
+
+    /// The value layout is the on-disk format.
+    #[test]
+    fn chunk_meta_layout() {
+        let m = ChunkMeta {
+            raw_len: 1,
+            stored_len: 2,
+            touched_ms: -3,
+            flags: 1,
+        };
+        assert_eq!(m.encode()[..9], [1, 0, 0, 0, 0, 0, 0, 0, 2]);
+        assert_eq!(
+            m.encode()[16..],
+            [0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1]
+        );
+        assert_eq!(ChunkMeta::decode(&m.encode()), Some(m));
+        assert_eq!(ChunkMeta::decode(&[0; 24]), None);
+    }
+}
