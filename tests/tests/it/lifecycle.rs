@@ -242,3 +242,178 @@ async fn verify_by_fraction_and_by_age() {
     }
     srv.stop().await;
 }
+
+/// The index store of [`commits_while_gc_lists_index_blobs_keep_their_index_blobs`]: the first
+/// listing (GC's index phase; nothing else lists index blobs) tells the test it has begun and
+/// waits until the test has committed backups, then lists, so the listing holds index blobs of
+/// backups that GC's snapshot does not know. Everything else goes straight to the local store.
+#[derive(Debug)]
+struct ListingGate {
+    inner: std::sync::Arc<dyn repo_server::store::BlobStore>,
+    gate: std::sync::Mutex<Option<ListingSignals>>,
+}
+
+/// (tell the test the listing began, wait for the test to let it go on).
+type ListingSignals = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
+
+impl repo_server::store::BlobStore for ListingGate {
+    fn put(&self, id: &schema::ChunkId, bytes: &[u8]) -> std::io::Result<bool> {
+        self.inner.put(id, bytes)
+    }
+    fn replace(&self, id: &schema::ChunkId, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.replace(id, bytes)
+    }
+    fn get(&self, id: &schema::ChunkId) -> std::io::Result<Vec<u8>> {
+        self.inner.get(id)
+    }
+    fn stream(
+        &self,
+        id: &schema::ChunkId,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.inner.stream(id, sink)
+    }
+    fn len(&self, id: &schema::ChunkId) -> std::io::Result<Option<u64>> {
+        self.inner.len(id)
+    }
+    fn delete(&self, id: &schema::ChunkId) -> std::io::Result<()> {
+        self.inner.delete(id)
+    }
+    fn list(&self) -> std::io::Result<Vec<schema::ChunkId>> {
+        let signals = self.gate.lock().unwrap().take();
+        if let Some((began, go_on)) = signals {
+            let _ = began.send(());
+            let _ = go_on.recv_timeout(Duration::from_secs(60));
+        }
+        self.inner.list()
+    }
+    fn quarantine(&self, id: &schema::ChunkId) -> std::io::Result<()> {
+        self.inner.quarantine(id)
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn may_write(&self) -> std::io::Result<()> {
+        self.inner.may_write()
+    }
+}
+
+/// GC lists the index blobs without holding the `gc` lock, and backups committed while it
+/// lists keep their index blobs: one of a new incremental, and one of a backup whose disk is
+/// byte for byte a deleted backup's (its commit finds that garbage index blob still in the store
+/// and only marks it). Neither is in GC's snapshot, both are in its listing; only the marks
+/// their commits wrote save them. A blob that really is garbage still goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commits_while_gc_lists_index_blobs_keep_their_index_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut stores = repo_server::repo::Stores::local(&data).unwrap();
+    let (began_tx, began_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    stores.indexes = std::sync::Arc::new(ListingGate {
+        inner: stores.indexes.clone(),
+        gate: std::sync::Mutex::new(Some((began_tx, go_rx))),
+    });
+    let mut cfg = repo_server::Config {
+        data: data.clone(),
+        tokens: tests::tokens(),
+        ..Default::default()
+    };
+    cfg.store.gc_margin = Duration::ZERO;
+    let app = repo_server::App::open_with(cfg, Some(stores)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(repo_server::run(listener, app, async {
+        let _ = stop_rx.await;
+    }));
+    let c = Client::h2(&url, Some(BACKUP_A));
+    let admin = c.with_token(Some(ADMIN));
+    let bs = 64usize << 10;
+    fn disk(data: &[u8]) -> DiskUpload<'_> {
+        DiskUpload {
+            name: "d",
+            data,
+            block_size: 64 << 10,
+        }
+    }
+    let delete = |id: String| {
+        let admin = admin.clone();
+        async move {
+            let r = admin
+                .send(Method::DELETE, &format!("/v1/backups/{id}"), &[], vec![])
+                .await;
+            assert_eq!(r.status, StatusCode::NO_CONTENT, "{:?}", r.body);
+        }
+    };
+    // Two deleted backups (garbage: their chunks and index blobs) and a kept base.
+    let revived = test_data(6 * bs, 71);
+    let gone = test_data(5 * bs, 72);
+    let base = test_data(8 * bs, 73);
+    delete(backup_disk(&c, "vm-revived", None, &[disk(&revived)]).await).await;
+    delete(backup_disk(&c, "vm-gone", None, &[disk(&gone)]).await).await;
+    let base_id = backup_disk(&c, "vm-base", None, &[disk(&base)]).await;
+
+    let r = admin
+        .send(Method::POST, "/v1/admin/gc", &[], Vec::new())
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let job = r.json()["job"].as_str().unwrap().to_owned();
+    tokio::task::spawn_blocking(move || began_rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("GC reached its index listing");
+    // GC is inside its listing now. Two backups are made and committed meanwhile; were GC
+    // holding the write lock, their uploads and commits could not finish.
+    let mut incremental = base.clone();
+    incremental[..bs].copy_from_slice(&test_data(bs, 74));
+    let during = tokio::time::timeout(Duration::from_secs(30), async {
+        let inc = backup_disk(&c, "vm-base", Some(&base_id), &[disk(&incremental)]).await;
+        let again = backup_disk(&c, "vm-revived", None, &[disk(&revived)]).await;
+        (inc, again)
+    })
+    .await;
+    go_tx.send(()).unwrap();
+    let (inc_id, again_id) =
+        during.expect("backups must complete while GC lists index blobs (no lock is held)");
+    let rep = loop {
+        let rep = admin.get(&format!("/v1/admin/jobs/{job}")).await.json();
+        if rep["state"] != "running" {
+            break rep;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(rep["state"], "done", "{rep}");
+    assert_eq!(
+        rep["result"]["indexes_removed"], 1,
+        "only the deleted backup's index blob goes: {rep}"
+    );
+    let chunks_of = |data: &[u8]| -> std::collections::HashSet<schema::ChunkId> {
+        data.chunks(bs)
+            .filter(|b| b.iter().any(|&x| x != 0))
+            .map(schema::ChunkId::of)
+            .collect()
+    };
+    let garbage = &(&chunks_of(&revived) | &chunks_of(&gone)) - &chunks_of(&base);
+    assert_eq!(
+        rep["result"]["chunks_removed"],
+        garbage.len(),
+        "the deleted backups' chunks went, in the sweep before the listing: {rep}"
+    );
+    for (id, want) in [
+        (&base_id, &base),
+        (&inc_id, &incremental),
+        (&again_id, &revived),
+    ] {
+        let r = c.get(&format!("/v1/backups/{id}/disks/d/image")).await;
+        assert_eq!(r.status, StatusCode::OK, "backup {id}: {:?}", r.body);
+        assert!(r.body == *want, "backup {id} differs after GC");
+    }
+    // The next GC, with no race, finds nothing more to remove of them.
+    let rep = run_job(&admin, "gc").await;
+    assert_eq!(rep["result"]["indexes_removed"], 0, "{rep}");
+    assert_eq!(rep["result"]["chunks_removed"], 0, "{rep}");
+    assert_verify_clean(&admin).await;
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}
