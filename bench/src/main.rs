@@ -314,7 +314,7 @@ fn ours(ds: &Path, work: &Path) -> Result<(Vec<Step>, f64)> {
 /// The restored day-2 image equals disk2.raw except where the mover dropped bytes (zeros there).
 fn verify_restore(ds: &Path, restored: &Path) -> Result<()> {
     let disk = source_mover::source::FileSource::open(&ds.join("disk2.raw"))?;
-    let plan = source_mover::blockmap::plan(&disk, &[])?;
+    let plan = source_mover::plan::plan(&disk, &[])?;
     let dropped = plan
         .dropped
         .iter()
@@ -471,8 +471,9 @@ fn borg(ds: &Path, work: &Path, fixed: bool) -> Result<Vec<Step>> {
 
 /// The floor: read the bytes this project reads for a full backup, blake3 and zstd them, 2 threads.
 fn floor(ds: &Path) -> Result<Step> {
+    use source_mover::source::BlockSource;
     let disk = source_mover::source::FileSource::open(&ds.join("disk.raw"))?;
-    let plan = source_mover::blockmap::plan(&disk, &[])?;
+    let plan = source_mover::plan::plan(&disk, &[])?;
     let bs = 1u64 << 20;
     let blocks: Vec<u64> = (0..plan.size.div_ceil(bs))
         .filter(|b| !plan.read.clip(b * bs, (b + 1) * bs).is_empty())

@@ -21,14 +21,14 @@ use schema::{ChunkId, IndexRecord, SessionId};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::blockmap::{self, DiskPlan};
 use crate::cbt::{ChangeList, ChangedBlocks};
 use crate::client::RepoClient;
-use crate::source::BlockSource;
 use crate::error::{Error, Result};
 use crate::journal::{self, Journal};
+use crate::plan::{self, DiskPlan};
 use crate::progress::Progress;
 use crate::ranges::Ranges;
+use crate::source::BlockSource;
 
 /// Which backup an incremental builds on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,26 +174,24 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
             )));
         }
     }
-    // Open the disks and plan them (metadata reads only).
+    // Plan the disks (metadata reads only, through each disk's source).
     let o = opts.clone();
-    let (disks, plans) =
-        tokio::task::spawn_blocking(move || -> Result<(Vec<Arc<dyn BlockSource>>, Vec<DiskPlan>)> {
-            let mut disks = Vec::new();
-            let mut plans = Vec::new();
-            for (name, d) in &o.disks {
-                let ex: Vec<String> = o
-                    .excludes
-                    .iter()
-                    .filter(|e| &e.0 == name)
-                    .map(|e| e.1.clone())
-                    .collect();
-                plans.push(blockmap::plan_deferred(d.as_ref(), &ex)?);
-                disks.push(d.clone());
-            }
-            Ok((disks, plans))
-        })
-        .await
-        .map_err(|e| Error::Invalid(format!("planning failed: {e}")))??;
+    let disks: Vec<Arc<dyn BlockSource>> = opts.disks.iter().map(|d| d.1.clone()).collect();
+    let plans = tokio::task::spawn_blocking(move || -> Result<Vec<DiskPlan>> {
+        let mut plans = Vec::new();
+        for (name, d) in &o.disks {
+            let ex: Vec<String> = o
+                .excludes
+                .iter()
+                .filter(|e| &e.0 == name)
+                .map(|e| e.1.clone())
+                .collect();
+            plans.push(plan::plan_deferred(d.as_ref(), &ex)?);
+        }
+        Ok(plans)
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("planning failed: {e}")))??;
 
     // Changed-block lists are read before anything is sent: one that cannot be used stops the
     // run here.
@@ -350,7 +348,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     // (the block map did not need it without excludes), and its upload as soon as it is done.
     let walker = {
         let (disks, plans, wanted) = (disks.clone(), plans.clone(), opts.file_index);
-        tokio::task::spawn_blocking(move || -> Result<Vec<blockmap::FileIndexes>> {
+        tokio::task::spawn_blocking(move || -> Result<Vec<plan::FileIndexes>> {
             if !wanted {
                 return Ok(vec![(Vec::new(), 0.0); disks.len()]);
             }
@@ -358,7 +356,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
                 .iter()
                 .zip(plans.iter())
                 .map(|(d, p)| {
-                    let (mut files, secs) = blockmap::index_files(d, &p.unindexed)?;
+                    let (mut files, secs) = plan::index_files(d.as_ref(), &p.unindexed)?;
                     files.splice(0..0, p.files.iter().cloned());
                     Ok((files, secs + p.files_seconds))
                 })
@@ -400,7 +398,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
             for (d, disk) in disks.iter().enumerate() {
                 for &(a, b) in work[d].as_slice() {
                     for block in a.max(starts[d])..b {
-                        let item = read_block(disk, &plans[d], d, block, bs);
+                        let item = read_block(disk.as_ref(), &plans[d], d, block, bs);
                         if let Ok(it) = &item {
                             progress.read.fetch_add(it.read, Ordering::Relaxed);
                         }
@@ -641,7 +639,9 @@ async fn heal(
         let items = tokio::task::spawn_blocking(move || -> Result<Vec<(ChunkId, Item)>> {
             blocks
                 .into_iter()
-                .map(|(block, was)| Ok((was, read_block(&disks[d], &plans[d], d, block, bs)?)))
+                .map(|(block, was)| {
+                    Ok((was, read_block(disks[d].as_ref(), &plans[d], d, block, bs)?))
+                })
                 .collect()
         })
         .await
@@ -732,10 +732,7 @@ async fn append_records(
 /// Refuses changed-block lists that do not count from `base`, the backup this run builds on
 /// (a list from another base would silently leave out changes). Without a base the lists are
 /// not used: every block is read.
-fn check_cbt_bases(
-    cbt: &BTreeMap<String, ChangedBlocks>,
-    base: Option<&str>,
-) -> Result<()> {
+fn check_cbt_bases(cbt: &BTreeMap<String, ChangedBlocks>, base: Option<&str>) -> Result<()> {
     match base {
         Some(b) => cbt.iter().try_for_each(|(disk, l)| l.check_base(disk, b)),
         None => Ok(()),
@@ -812,7 +809,7 @@ async fn upload_file_indexes(
     let mut refs = Vec::new();
     for (name, disk_files) in names.iter().zip(files) {
         for (part, entries) in disk_files.iter() {
-            let bytes = crate::file_index::to_json_lines(entries);
+            let bytes = crate::guest::to_json_lines(entries);
             let pieces: Vec<&[u8]> = bytes.chunks(1 << 20).collect();
             let ids: Vec<ChunkId> = pieces.iter().map(|p| ChunkId::of(p)).collect();
             if !ids.is_empty() {
@@ -899,7 +896,13 @@ async fn report_from_manifest(
 }
 
 /// Reads the planned bytes of one block; dropped bytes stay zero.
-fn read_block(disk: &dyn BlockSource, plan: &DiskPlan, d: usize, block: u64, bs: u64) -> Result<Item> {
+fn read_block(
+    disk: &dyn BlockSource,
+    plan: &DiskPlan,
+    d: usize,
+    block: u64,
+    bs: u64,
+) -> Result<Item> {
     let start = block * bs;
     let end = (start + bs).min(plan.size);
     let parts = plan.read.clip(start, end);

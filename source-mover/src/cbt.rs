@@ -139,9 +139,7 @@ impl ChangedBlocks {
              builds on {base}; the changes since one backup are not the changes since another. \
              Use the list that counts from {base}, pass --base {} if that backup still exists, \
              or leave out --cbt to read every block. Nothing was sent",
-            self.from,
-            self.base,
-            self.base
+            self.from, self.base, self.base
         )))
     }
 }

@@ -203,7 +203,7 @@ pub fn build_disk(dir: &Path) -> Result<(PathBuf, u64, PathBuf)> {
 /// the source except in ranges the block map dropped, which read as zeros.
 fn check(source: &Path, restored: &Path, p1_offset: u64, dir: &Path, tag: &str) -> Result<String> {
     let d = crate::source::FileSource::open(source)?;
-    let plan = crate::blockmap::plan(&d, &[])?;
+    let plan = crate::plan::plan(&d, &[])?;
     let src = std::fs::read(source).map_err(|e| Error::io(source.display(), e))?;
     let got = std::fs::read(restored).map_err(|e| Error::io(restored.display(), e))?;
     if src.len() != got.len() {
@@ -375,19 +375,19 @@ pub async fn demo(dir: Option<PathBuf>) -> Result<()> {
 
     let opts = |path: &Path, cbt: Option<PathBuf>, base: Base| -> Result<BackupOptions> {
         Ok(BackupOptions {
-        source: "demo-vm".into(),
-        disks: vec![("disk0".into(), crate::source::open(path)?)],
-        cbt: cbt
-            .map(|c| BTreeMap::from([("disk0".to_string(), crate::cbt::json_file(&c))]))
-            .unwrap_or_default(),
-        base,
-        block_size: 1 << 20,
-        zstd_level: 3,
-        excludes: Vec::new(),
-        streams: 32,
-        state_dir: dir.join("state"),
-        progress: false,
-        file_index: true,
+            source: "demo-vm".into(),
+            disks: vec![("disk0".into(), crate::source::open(path)?)],
+            cbt: cbt
+                .map(|c| BTreeMap::from([("disk0".to_string(), crate::cbt::json_file(&c))]))
+                .unwrap_or_default(),
+            base,
+            block_size: 1 << 20,
+            zstd_level: 3,
+            excludes: Vec::new(),
+            streams: 32,
+            state_dir: dir.join("state"),
+            progress: false,
+            file_index: true,
         })
     };
     say("day 1: full backup");

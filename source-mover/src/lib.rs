@@ -4,8 +4,11 @@
 //! Module map:
 //! - [`source`]: where disk bytes come from ([`source::BlockSource`]): raw images (sparse-aware)
 //!   and block devices.
-//! - [`partition`], [`ext4`] (read through [`jbd2`], its journal), [`swap`], [`blockmap`]: what
-//!   must be read — partitions, swap, free blocks, excluded files, holes.
+//! - [`guest`]: what the guest keeps in those bytes: the partition table, then an ordered list
+//!   of probes ([`guest::Probe`]: ext2/3/4 read through its journal, Linux swap), each saying
+//!   what may be dropped and why, and walking its files for the guest catalog.
+//! - [`plan`]: per disk, the bytes to read and the bytes dropped by reason (swap, free,
+//!   excluded, hole), from the guests and the source's allocation.
 //! - [`ranges`]: byte-range arithmetic. [`cbt`]: what changed since a base
 //!   ([`cbt::ChangeList`]).
 //! - [`client`]: the HTTP/2 repository client (retries, rate limit).
@@ -17,21 +20,17 @@
 //! - [`demo`]: the end-to-end demonstration behind `source-mover demo`.
 
 pub mod backup;
-pub mod blockmap;
 pub mod cbt;
 pub mod client;
 pub mod demo;
 pub mod error;
-pub mod ext4;
-pub mod file_index;
 pub mod files;
-pub mod jbd2;
+pub mod guest;
 pub mod journal;
-pub mod partition;
+pub mod plan;
 pub mod progress;
 pub mod ranges;
 pub mod restore;
 pub mod source;
-pub mod swap;
 
 pub use error::{Error, Result};

@@ -119,10 +119,7 @@ mod tests {
         assert_eq!(d.describe(), p.display().to_string());
         // The file system may round to its block size, but must not claim the whole file.
         let data = d.allocated().expect("allocated");
-        assert!(
-            data.total() >= 8192 && data.total() < 1 << 20,
-            "{data:?}"
-        );
+        assert!(data.total() >= 8192 && data.total() < 1 << 20, "{data:?}");
         let mut buf = [0u8; 4];
         d.read_at(&mut buf, 10 << 20).expect("read");
         assert_eq!(buf, [1; 4]);

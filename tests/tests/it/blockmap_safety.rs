@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use source_mover::backup::backup;
-use source_mover::blockmap::{plan, DiskPlan};
-use source_mover::source::FileSource;
+use source_mover::plan::{plan, DiskPlan};
 use source_mover::ranges::Ranges;
+use source_mover::source::FileSource;
 use tests::images::{self, noise, run};
 use tests::mover::{client, opts, restore_to};
 use tests::TestServer;

@@ -158,7 +158,9 @@ async fn a_damaged_base_chunk_is_sent_again_by_the_next_cbt_incremental() {
         json!({"base": full.backup_id, "changed": [[10 * BS, 5000]]}).to_string(),
     )
     .unwrap();
-    o.cbt = [("disk0".to_string(), source_mover::cbt::json_file(&list))].into_iter().collect();
+    o.cbt = [("disk0".to_string(), source_mover::cbt::json_file(&list))]
+        .into_iter()
+        .collect();
     let inc = backup(&c, &o).await.unwrap();
     assert_eq!(inc.base.as_deref(), Some(full.backup_id.as_str()));
     assert_eq!(

@@ -91,7 +91,9 @@ async fn full_and_cbt_incremental_through_the_gateway_restore_byte_for_byte() {
         serde_json::json!({ "base": full.backup_id, "changed": list }).to_string(),
     )
     .unwrap();
-    o.cbt = [("disk0".to_string(), source_mover::cbt::json_file(&cbt))].into_iter().collect();
+    o.cbt = [("disk0".to_string(), source_mover::cbt::json_file(&cbt))]
+        .into_iter()
+        .collect();
     let incr = backup(&mc, &o).await.unwrap();
     assert_eq!(incr.base.as_deref(), Some(full.backup_id.as_str()));
     assert!(

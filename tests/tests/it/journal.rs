@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use source_mover::backup::backup;
-use source_mover::blockmap::{plan, DiskPlan};
 use source_mover::client::RepoClient;
+use source_mover::plan::{plan, DiskPlan};
 use source_mover::source::FileSource;
 use tests::images::{
     assemble, crash_snapshot, debugfs_script, dump, extract, flip_bits, fsck_repair, journal_block,

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use source_mover::backup::backup;
-use source_mover::blockmap::plan;
-use source_mover::source::FileSource;
+use source_mover::plan::plan;
 use source_mover::ranges::Ranges;
+use source_mover::source::FileSource;
 use tests::images::{
     assemble, build, dumpe2fs_free, extract, flip_bits, make_tree, noise, run, Layout, Table,
 };

@@ -27,7 +27,7 @@ pub(crate) async fn restore_to(c: &RepoClient, id: &str, out: &Path) {
 fn check(img: &Image, restored: &Path, dir: &Path, excludes: &[String]) {
     std::fs::create_dir_all(dir).unwrap();
     let disk = source_mover::source::FileSource::open(&img.path).unwrap();
-    let plan = source_mover::blockmap::plan(&disk, excludes).unwrap();
+    let plan = source_mover::plan::plan(&disk, excludes).unwrap();
     let src = std::fs::read(&img.path).unwrap();
     let got = std::fs::read(restored).unwrap();
     assert_eq!(src.len(), got.len());
@@ -77,7 +77,7 @@ fn check(img: &Image, restored: &Path, dir: &Path, excludes: &[String]) {
     for (p, h) in &want {
         let excluded = excludes
             .iter()
-            .any(|g| source_mover::blockmap::glob_match(g, &format!("/{}", p.display())));
+            .any(|g| source_mover::guest::glob::matches(g, &format!("/{}", p.display())));
         if excluded {
             let bytes = std::fs::read(dir.join("rdump").join(p)).unwrap();
             assert!(
@@ -303,7 +303,8 @@ async fn incrementals_with_and_without_cbt() {
 
     // With CBT: reads at most the changed extents rounded up to whole blocks.
     let mut o = opts("vm-inc", &day2.path, &dir.path().join("s"));
-    o.cbt.insert("disk0".into(), source_mover::cbt::json_file(&cbt));
+    o.cbt
+        .insert("disk0".into(), source_mover::cbt::json_file(&cbt));
     let inc = backup(&c, &o).await.unwrap();
     assert_eq!(inc.base.as_deref(), Some(full.backup_id.as_str()));
     assert!(
@@ -520,7 +521,7 @@ async fn a_block_bitmap_failing_its_checksum_keeps_its_group() {
         .map_or(32, |v| v.trim().parse().unwrap());
     let plan_of = |img: &Image| {
         let disk = source_mover::source::FileSource::open(&img.path).unwrap();
-        source_mover::blockmap::plan(&disk, &[]).unwrap()
+        source_mover::plan::plan(&disk, &[]).unwrap()
     };
     let pristine = plan_of(&built);
     assert!(
@@ -634,7 +635,7 @@ fn bigalloc_file_systems_are_read_in_full() {
                 .arg(&img),
         );
         let disk = source_mover::source::FileSource::open(&img).unwrap();
-        let plan = source_mover::blockmap::plan(&disk, &[]).unwrap();
+        let plan = source_mover::plan::plan(&disk, &[]).unwrap();
         assert_eq!(
             !plan.dropped["free"].is_empty(),
             expect_free,

@@ -4,7 +4,7 @@
 //! A file system that needs recovery (a crash-consistent snapshot of a running guest) is read as
 //! a journal replay would leave it: every metadata read (superblock, group descriptors, bitmaps,
 //! inodes, extent and indirect blocks, directories) goes through [`Ext4::read_block`], which
-//! takes the newest committed copy from the journal ([`crate::jbd2`]) when there is one.
+//! takes the newest committed copy from the journal ([`super::jbd2`]) when there is one.
 //!
 //! Checksums are verified before metadata may drop data: block bitmaps and group descriptors
 //! (crc32c with `metadata_csum`, crc16 descriptors with `uninit_bg`), and the inode and every
@@ -14,10 +14,11 @@
 //! system) makes [`Ext4::open`] answer [`Opened::NotExt4`] or [`Opened::ReadInFull`], or a walk
 //! skip the entry, so the caller reads more, never less: a wrong guess here must never drop data.
 
-use crate::source::BlockSource;
+use super::crc::{crc16, crc32c};
+use super::jbd2::{Host, Journal, Replay};
 use crate::error::Result;
-use crate::jbd2::{Journal, Replay};
 use crate::ranges::Ranges;
+use crate::source::BlockSource;
 
 const MAGIC: u16 = 0xEF53;
 const COMPAT_HAS_JOURNAL: u32 = 0x4;
@@ -104,42 +105,6 @@ pub struct FreeBlocks {
     /// Groups whose block bitmap or group descriptor failed its checksum: none of their blocks
     /// counts as free.
     pub bad_bitmaps: u64,
-}
-
-/// The lookup table of a reflected CRC with polynomial `poly` (bit-reversed), for
-/// [`crc32c`] and [`crc16`].
-const fn reflected_table(poly: u32) -> [u32; 256] {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 { (c >> 1) ^ poly } else { c >> 1 };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-}
-
-/// crc32c (Castagnoli) without the initial and final inversion, as ext4's `ext4_chksum` and
-/// jbd2's `jbd2_chksum` do.
-pub(crate) fn crc32c(crc: u32, data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = reflected_table(0x82F6_3B78);
-    data.iter().fold(crc, |c, &b| {
-        TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8)
-    })
-}
-
-/// CRC-16 (polynomial 0x8005, reflected, no final inversion), as e2fsprogs' `ext2fs_crc16` and
-/// the kernel's `crc16` compute the `uninit_bg` group descriptor checksum.
-fn crc16(crc: u16, data: &[u8]) -> u16 {
-    const TABLE: [u32; 256] = reflected_table(0xA001);
-    data.iter().fold(crc, |c, &b| {
-        TABLE[((c ^ u16::from(b)) & 0xFF) as usize] as u16 ^ (c >> 8)
-    })
 }
 
 fn le16(b: &[u8], at: usize) -> u64 {
@@ -283,21 +248,6 @@ impl<'a> Ext4<'a> {
     /// The journal replay this view reads through, if the file system needed one.
     pub fn replay(&self) -> Option<&Replay> {
         self.replay.as_ref()
-    }
-
-    /// Blocks in the file system.
-    pub(crate) fn blocks(&self) -> u64 {
-        self.blocks
-    }
-
-    /// The inode of an internal journal (`s_journal_inum`); `None` for an external one.
-    pub(crate) fn journal_inode(&self) -> Option<u64> {
-        (self.journal_inum != 0).then_some(self.journal_inum)
-    }
-
-    /// Reads block `b` as it is on the disk, whatever the journal holds.
-    pub(crate) fn read_raw_block(&self, b: u64, buf: &mut [u8]) -> Result<()> {
-        self.disk.read_at(buf, self.offset + b * self.block_size)
     }
 
     /// Reads `buf.len()` bytes of metadata from byte `within` of block `b` onwards, as a
@@ -791,7 +741,7 @@ fn read_through(
             Some(copy) => {
                 disk.read_at(piece, offset + copy.at * bs + within)?;
                 if copy.escaped {
-                    for (i, m) in crate::jbd2::ESCAPED_MAGIC.iter().enumerate() {
+                    for (i, m) in super::jbd2::ESCAPED_MAGIC.iter().enumerate() {
                         if let Some(k) = (i as u64).checked_sub(within) {
                             if let Some(byte) = piece.get_mut(k as usize) {
                                 *byte = *m;
@@ -824,6 +774,39 @@ fn extent_block_sound(seed: Option<u32>, block: &[u8]) -> bool {
     let Some(seed) = seed else { return true };
     let tail = 12 + 12 * le16(block, 4) as usize;
     tail + 4 <= block.len() && u64::from(crc32c(seed, &block[..tail])) == le32(block, tail)
+}
+
+/// The journal reader reads the journal as it is on the disk, through this.
+impl Host for Ext4<'_> {
+    fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
+    fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    fn journal_file(&self) -> Result<std::result::Result<(Vec<Run>, u64), String>> {
+        // `s_journal_inum`; 0 with an external journal.
+        let inum = self.journal_inum;
+        if inum == 0 {
+            return Ok(Err("the journal is on an external device".into()));
+        }
+        let Some(inode) = self.inode(inum)? else {
+            return Ok(Err(format!(
+                "journal inode {inum} is outside the inode table"
+            )));
+        };
+        if !inode.is_file() {
+            return Ok(Err(format!("journal inode {inum} is not a regular file")));
+        }
+        let (runs, _) = self.block_map(&inode)?;
+        Ok(Ok((runs, inode.size())))
+    }
+
+    fn read_raw_block(&self, b: u64, buf: &mut [u8]) -> Result<()> {
+        self.disk.read_at(buf, self.offset + b * self.block_size)
+    }
 }
 
 /// A run of file blocks: (first logical block, first physical block, count).
@@ -892,8 +875,8 @@ impl Inode {
 
 #[cfg(test)]
 mod tests {
-    use super::{crc32c, read_through};
-    use crate::jbd2::{Location, Replay, ESCAPED_MAGIC};
+    use super::read_through;
+    use crate::guest::ext4::jbd2::{Location, Replay, ESCAPED_MAGIC};
     use crate::source::FileSource;
 
     #[test]
@@ -935,14 +918,5 @@ mod tests {
         let mut part = [0u8; 4];
         read_through(&disk, 0, 1024, Some(&replay), 3 * 1024 + 2, &mut part).expect("read");
         assert_eq!(part, [ESCAPED_MAGIC[2], ESCAPED_MAGIC[3], 6, 6]);
-    }
-
-    #[test]
-    fn crc32c_matches_the_standard_check_value() {
-        // CRC-32C of "123456789" with the usual inversions is 0xE3069283.
-        assert_eq!(!crc32c(!0, b"123456789"), 0xE306_9283);
-        assert_eq!(crc32c(7, b""), 7);
-        // CRC-16/ARC (reflected 0x8005, init 0, no final inversion) of "123456789" is 0xBB3D.
-        assert_eq!(super::crc16(0, b"123456789"), 0xBB3D);
     }
 }

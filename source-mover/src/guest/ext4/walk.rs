@@ -1,13 +1,14 @@
-//! The guest file index: every file, directory and link of an ext2/3/4 file system, with the
-//! disk byte ranges that hold each regular file's data, so the repository can list, search and
-//! serve single files without the mover. Built from the same metadata walk that finds excluded
-//! files (directories and inodes only; file data is never read here).
+//! The metadata walk of an ext2/3/4 file system: every file, directory and link for the guest
+//! file index, with the disk byte ranges that hold each regular file's data (so the repository
+//! can list, search and serve single files without the mover), and in the same pass the blocks
+//! of excluded files and of everything else (directories and inodes only; file data is never
+//! read here).
 
 use schema::files::{FileEntry, FileKind};
 
-use crate::blockmap::glob_match;
+use super::fs::{Ext4, Inode};
 use crate::error::Result;
-use crate::ext4::Ext4;
+use crate::guest::glob;
 
 /// What one walk of a file system gives: the index, and the blocks of the excluded files.
 #[derive(Debug, Default)]
@@ -53,7 +54,7 @@ pub fn build(fs: &Ext4<'_>, excludes: &[String]) -> Result<Walk> {
                 continue;
             }
             let child_path = format!("{path}/{}", String::from_utf8_lossy(&name));
-            let excluded = inherited || excludes.iter().any(|p| glob_match(p, &child_path));
+            let excluded = inherited || excludes.iter().any(|p| glob::matches(p, &child_path));
             let Some(inode) = fs.inode(child)? else {
                 continue;
             };
@@ -114,11 +115,7 @@ pub fn build(fs: &Ext4<'_>, excludes: &[String]) -> Result<Walk> {
 }
 
 /// Adds every block of `inode` (data, extent-tree or indirect, extended attributes) to `out`.
-fn protect_blocks(
-    fs: &Ext4<'_>,
-    inode: &crate::ext4::Inode,
-    out: &mut Vec<(u64, u64)>,
-) -> Result<()> {
+fn protect_blocks(fs: &Ext4<'_>, inode: &Inode, out: &mut Vec<(u64, u64)>) -> Result<()> {
     let (runs, tree) = fs.block_map(inode)?;
     out.extend(runs.iter().map(|&(_, phys, n)| (phys, phys + n)));
     out.extend(metadata_of(inode, &tree));
@@ -127,10 +124,7 @@ fn protect_blocks(
 
 /// An inode's extent-tree or indirect blocks (`tree`, from its block map) and its
 /// extended-attribute block, as one-block ranges.
-fn metadata_of<'a>(
-    inode: &crate::ext4::Inode,
-    tree: &'a [u64],
-) -> impl Iterator<Item = (u64, u64)> + 'a {
+fn metadata_of<'a>(inode: &Inode, tree: &'a [u64]) -> impl Iterator<Item = (u64, u64)> + 'a {
     tree.iter()
         .copied()
         .chain(inode.xattr_block())
@@ -139,7 +133,7 @@ fn metadata_of<'a>(
 
 /// `[file offset, disk offset, length]` runs of a regular file, clipped to its size and merged
 /// where contiguous on both sides.
-fn extents(fs: &Ext4<'_>, inode: &crate::ext4::Inode) -> Result<Vec<[u64; 3]>> {
+fn extents(fs: &Ext4<'_>, inode: &Inode) -> Result<Vec<[u64; 3]>> {
     let bs = fs.block_size;
     let size = inode.size();
     let mut runs = fs.content_runs(inode)?;
@@ -158,16 +152,4 @@ fn extents(fs: &Ext4<'_>, inode: &crate::ext4::Inode) -> Result<Vec<[u64; 3]>> {
         }
     }
     Ok(out)
-}
-
-/// Serialises an index as JSON lines (what is uploaded).
-pub fn to_json_lines(entries: &[FileEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.len() * 160);
-    for e in entries {
-        // A FileEntry always serialises (plain strings and numbers).
-        if serde_json::to_writer(&mut out, e).is_ok() {
-            out.push(b'\n');
-        }
-    }
-    out
 }

@@ -6,10 +6,9 @@
 //! the disk — carries the reason in [`Partition::conflict`], and the block map reads it in full:
 //! what its content says is free may be another structure's data.
 
-use crate::ranges::Ranges;
-
-use crate::source::BlockSource;
 use crate::error::Result;
+use crate::ranges::Ranges;
+use crate::source::BlockSource;
 
 /// What a partition table says a partition is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +26,7 @@ pub const GPT_LINUX_SWAP: [u8; 16] = [
 
 impl Kind {
     /// Whether the table labels it Linux swap. A label only: what the block map drops as swap
-    /// is decided by the swap header ([`crate::swap::Header`]).
+    /// is decided by the swap header ([`crate::guest::swap::Header`]).
     pub fn is_swap(&self) -> bool {
         matches!(self, Kind::Mbr(0x82)) || *self == Kind::Gpt(GPT_LINUX_SWAP)
     }
@@ -196,7 +195,12 @@ fn read_gpt(disk: &dyn BlockSource) -> Result<Vec<Partition>> {
 /// and its entry array (as that header names it, or where it conventionally sits, just before
 /// the header, when the backup header is unreadable). Nothing when the alternate LBA is off the
 /// disk.
-fn backup_gpt(disk: &dyn BlockSource, primary: &[u8], sector: u64, bytes: u64) -> Result<Vec<(u64, u64)>> {
+fn backup_gpt(
+    disk: &dyn BlockSource,
+    primary: &[u8],
+    sector: u64,
+    bytes: u64,
+) -> Result<Vec<(u64, u64)>> {
     let alt = u64le(primary, 32).saturating_mul(sector);
     if alt == 0 || alt.saturating_add(sector) > disk.size() {
         return Ok(Vec::new());

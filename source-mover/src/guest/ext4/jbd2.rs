@@ -6,7 +6,7 @@
 //! of the journal. [`Replay::scan`] does what the kernel's `fs/jbd2/recovery.c` (and e2fsck,
 //! which shares it) does in its three passes (scan to the end of the log, collect revoke
 //! records, replay), but in memory: it only records, for every block a replay would write, the
-//! journal block that holds its newest copy, and [`crate::ext4`] reads metadata through that map.
+//! journal block that holds its newest copy, and [`super::fs`] reads metadata through that map.
 //! Nothing is written and no block content is kept in memory.
 //!
 //! Conservative by design: anything this reader does not understand or cannot verify (an
@@ -17,8 +17,8 @@
 
 use std::collections::HashMap;
 
+use super::crc::crc32c;
 use crate::error::Result;
-use crate::ext4::{crc32c, Ext4, Run};
 
 const MAGIC: u32 = 0xC03B_3998;
 const DESCRIPTOR: u32 = 1;
@@ -85,15 +85,41 @@ fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// What the journal reader needs from the file system that holds the journal (implemented by
+/// [`super::fs::Ext4`]). The journal itself is read as it is on the disk, never through a replay.
+pub trait Host {
+    /// File-system block size.
+    fn block_size(&self) -> u64;
+
+    /// Blocks in the file system (a tag naming a block past them is refused).
+    fn blocks(&self) -> u64;
+
+    /// The journal file: its block map as (logical, physical, count) runs and its size in
+    /// bytes; or why there is none this reader can read (an external journal, a journal inode
+    /// outside the inode table or not a regular file).
+    ///
+    /// # Errors
+    /// I/O errors.
+    #[allow(clippy::type_complexity)]
+    fn journal_file(&self) -> Result<std::result::Result<(Vec<(u64, u64, u64)>, u64), String>>;
+
+    /// Reads file-system block `b` as it is on the disk.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn read_raw_block(&self, b: u64, buf: &mut [u8]) -> Result<()>;
+}
+
 /// Transaction ids wrap: `a` is at or after `b` (the kernel's `tid_geq`).
 fn tid_geq(a: u32, b: u32) -> bool {
     a.wrapping_sub(b) as i32 >= 0
 }
 
 /// The journal's blocks: its superblock fields and where each journal block lives.
-struct Log<'f, 'a> {
-    fs: &'f Ext4<'a>,
-    runs: Vec<Run>,
+struct Log<'f> {
+    fs: &'f dyn Host,
+    /// The journal file's block map: (logical, physical, count) runs, sorted.
+    runs: Vec<(u64, u64, u64)>,
     bs: usize,
     first: u64,
     maxlen: u64,
@@ -102,7 +128,7 @@ struct Log<'f, 'a> {
     seed: Option<u32>,
 }
 
-impl Log<'_, '_> {
+impl Log<'_> {
     /// The file-system block holding journal block `j`.
     fn home(&self, j: u64) -> Option<u64> {
         let i = self.runs.partition_point(|&(l, _, _)| l <= j);
@@ -218,19 +244,13 @@ impl Replay {
     ///
     /// # Errors
     /// I/O errors; everything else is [`Journal::NotUnderstood`].
-    pub fn scan(fs: &Ext4<'_>) -> Result<Journal> {
-        let Some(inum) = fs.journal_inode() else {
-            refuse!("the journal is on an external device");
+    pub fn scan(fs: &dyn Host) -> Result<Journal> {
+        let (mut runs, journal_size) = match fs.journal_file()? {
+            Ok(file) => file,
+            Err(why) => refuse!("{why}"),
         };
-        let Some(inode) = fs.inode(inum)? else {
-            refuse!("journal inode {inum} is outside the inode table");
-        };
-        if !inode.is_file() {
-            refuse!("journal inode {inum} is not a regular file");
-        }
-        let (mut runs, _) = fs.block_map(&inode)?;
         runs.sort_unstable();
-        let bs = fs.block_size as usize;
+        let bs = fs.block_size() as usize;
         let mut log = Log {
             fs,
             runs,
@@ -297,7 +317,7 @@ impl Replay {
         if jbs as usize != bs {
             refuse!("journal block size {jbs} differs from the file system's {bs}");
         }
-        if maxlen * fs.block_size > inode.size() || first == 0 || first >= maxlen {
+        if maxlen * fs.block_size() > journal_size || first == 0 || first >= maxlen {
             refuse!("journal geometry (first {first}, length {maxlen}) does not fit its inode");
         }
         if start == 0 {
@@ -313,7 +333,7 @@ impl Replay {
     }
 
     /// The three passes over the log from `start`, whose first transaction is `sequence`.
-    fn walk(log: &Log<'_, '_>, mut sequence: u32, start: u64) -> Result<Journal> {
+    fn walk(log: &Log<'_>, mut sequence: u32, start: u64) -> Result<Journal> {
         let bs = log.bs;
         let mut block = vec![0u8; bs];
         let mut data = vec![0u8; bs];

@@ -7,9 +7,16 @@
 //! current format with 4 KiB pages (mkswap's default on x86-64) in the host's (little-endian)
 //! byte order is recognised; the old `SWAP-SPACE` format, a header for another page size and a
 //! byte-swapped header are not, and the caller reads such a partition in full.
+//!
+//! As a guest ([`SwapProbe`]): a partition (or a whole disk) behind a valid header drops its
+//! pages 1..=`last_page` as `swap`, so the restored partition keeps its header and UUID; a
+//! partition typed swap without a valid header is read in full.
 
-use crate::source::BlockSource;
+use super::partition::Partition;
+use super::{Droppable, Guest, Probe, Probed, Reason};
 use crate::error::Result;
+use crate::ranges::Ranges;
+use crate::source::BlockSource;
 
 /// The page size a recognised header is written for.
 pub const PAGE: u64 = 4096;
@@ -64,6 +71,55 @@ impl Header {
     /// 1..=`last_page` (the header page and anything past `last_page` are not swap).
     pub fn swap_bytes(&self) -> (u64, u64) {
         (PAGE, (self.last_page + 1) * PAGE)
+    }
+}
+
+/// The Linux swap probe.
+#[derive(Debug, Clone, Copy)]
+pub struct SwapProbe;
+
+impl Probe for SwapProbe {
+    fn name(&self) -> &'static str {
+        "Linux swap"
+    }
+
+    fn probe<'a>(&self, disk: &'a dyn BlockSource, part: &Partition) -> Result<Probed<'a>> {
+        Ok(match Header::read(disk, part.start, part.len)? {
+            Some(header) => Probed::Found(Box::new(SwapArea {
+                start: part.start,
+                len: part.len,
+                header,
+            })),
+            None if part.kind.is_swap() => {
+                Probed::ReadInFull("typed Linux swap but no valid swap header: read in full".into())
+            }
+            None => Probed::NotMine,
+        })
+    }
+}
+
+/// A swap area behind a valid header.
+#[derive(Debug)]
+struct SwapArea {
+    start: u64,
+    len: u64,
+    header: Header,
+}
+
+impl Guest for SwapArea {
+    fn droppable(&self) -> Result<Droppable> {
+        let (a, b) = self.header.swap_bytes();
+        let mut summary = format!("Linux swap, {} MiB dropped", (b - a) >> 20);
+        if b < self.len {
+            summary.push_str(&format!(
+                ", {} KiB past its last page read",
+                (self.len - b) >> 10
+            ));
+        }
+        Ok(Droppable {
+            summary,
+            dropped: vec![(Reason::Swap, Ranges::single(self.start + a, self.start + b))],
+        })
     }
 }
 
