@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod block_size_chain;
+mod block_source;
 mod blockmap_safety;
 mod campaign;
 mod catalog;
