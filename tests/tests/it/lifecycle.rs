@@ -316,7 +316,7 @@ async fn commits_while_gc_lists_index_blobs_keep_their_index_blobs() {
     });
     let mut cfg = repo_server::Config {
         data: data.clone(),
-        tokens: tests::tokens(),
+        tokens: tests::server::tokens(),
         ..Default::default()
     };
     cfg.store.gc_margin = Duration::ZERO;
