@@ -128,8 +128,6 @@ impl Tokens {
 /// # Errors
 /// I/O errors reading or writing the file.
 pub fn load_or_create_admin_token(data: &Path) -> std::io::Result<(TokenConfig, bool)> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data.join("admin.token");
     if let Ok(text) = std::fs::read_to_string(&path) {
         let token = text.trim().to_owned();
@@ -148,17 +146,7 @@ pub fn load_or_create_admin_token(data: &Path) -> std::io::Result<(TokenConfig, 
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))?;
     let token = schema::id::to_hex(&raw);
-    let tmp = data.join("admin.token.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(format!("{token}\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(data)?.sync_all()?;
+    stdx::durable::write_with_mode(&path, format!("{token}\n").as_bytes(), Some(0o600))?;
     Ok((
         TokenConfig {
             token,

@@ -6,42 +6,29 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use stdx::rate::TokenBucket;
 use tokio::sync::Mutex;
 
-/// One bucket: `rate` bytes per second, bursts of up to one second's worth.
+/// One tenant's bucket: bursts of up to one second's worth, behind an async lock so the tenant's
+/// uploads pass in order of arrival.
 #[derive(Debug)]
-pub struct TokenBucket {
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
-}
+struct TenantBucket(Mutex<TokenBucket>);
 
-impl TokenBucket {
-    /// A bucket of `bytes_per_second`, starting full.
-    pub fn new(bytes_per_second: u64) -> TokenBucket {
-        let rate = bytes_per_second.max(1) as f64;
-        TokenBucket {
-            rate,
-            state: Mutex::new((rate, Instant::now())),
-        }
-    }
-
+impl TenantBucket {
     /// Waits until `n` bytes may pass.
-    pub async fn take(&self, n: u64) {
-        let mut s = self.state.lock().await;
-        let now = Instant::now();
-        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
-        s.1 = now;
-        s.0 -= n as f64;
-        if s.0 < 0.0 {
+    async fn take(&self, n: u64) {
+        let mut bucket = self.0.lock().await;
+        let wait = bucket.take(n, Instant::now());
+        if !wait.is_zero() {
             // Holding the lock while waiting keeps the tenant's uploads in order of arrival.
-            tokio::time::sleep(Duration::from_secs_f64(-s.0 / self.rate)).await;
+            tokio::time::sleep(wait).await;
         }
     }
 }
 
 /// The buckets of every limited tenant.
 #[derive(Debug, Default)]
-pub struct IngestLimits(HashMap<String, TokenBucket>);
+pub struct IngestLimits(HashMap<String, TenantBucket>);
 
 impl IngestLimits {
     /// Buckets for `(tenant, bytes per second)` pairs.
@@ -49,7 +36,7 @@ impl IngestLimits {
         IngestLimits(
             limits
                 .into_iter()
-                .map(|(t, r)| (t.clone(), TokenBucket::new(r)))
+                .map(|(t, r)| (t.clone(), TenantBucket(Mutex::new(TokenBucket::new(r)))))
                 .collect(),
         )
     }
