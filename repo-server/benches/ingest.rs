@@ -97,15 +97,14 @@ fn floor(frames: &[(ChunkId, Bytes, usize)], dir: &Path, threads: usize, fsync: 
                 for (i, (id, frame, len)) in frames.iter().enumerate().skip(k).step_by(threads) {
                     let raw = zstd::bulk::decompress(frame, *len).unwrap();
                     assert_eq!(ChunkId::of(&raw), *id);
-                    let tmp = dir.join(format!("t{i}"));
+                    let (tmp, dest) = (dir.join(format!("t{i}")), dir.join(id.hex()));
                     let mut f = std::fs::File::create(&tmp).unwrap();
                     f.write_all(frame).unwrap();
                     if fsync {
-                        f.sync_all().unwrap();
-                    }
-                    std::fs::rename(&tmp, dir.join(id.hex())).unwrap();
-                    if fsync {
-                        std::fs::File::open(dir).unwrap().sync_all().unwrap();
+                        // fsync, rename, fsync the directory: the server's durable write.
+                        stdx::durable::persist(f, &tmp, &dest).unwrap();
+                    } else {
+                        std::fs::rename(&tmp, &dest).unwrap();
                     }
                 }
             });
