@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use schema::api::SearchResults;
 use source_mover::backup::{backup, BackupOptions, Base};
 use source_mover::client::RepoClient;
+use tests::{ChildServer, Launch};
 
 /// Runs the benchmark in `work` (created; removed afterwards unless `keep`).
 pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> {
@@ -48,7 +49,11 @@ pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> 
         t.elapsed().as_secs_f64()
     );
 
-    let (mut child, addr, token) = crate::spawn_server(work, "")?;
+    let server = ChildServer::spawn(&Launch {
+        test_tokens: false,
+        ..Launch::new(&work.join("data"))
+    })?;
+    let (addr, token) = (server.addr, server.admin_token_file());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -168,12 +173,10 @@ pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> 
         commit_secs.sort_by(f64::total_cmp);
         anyhow::Ok((rows, commit_secs))
     });
-    let _ = std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
+    // SIGTERM: the server flushes its memtables before the catalog is measured.
+    server.terminate(Duration::from_secs(600));
     let (rows, backup_secs) = result?;
-    let catalog = crate::du(&work.join("data/catalog"));
+    let catalog = crate::measure::du(&work.join("data/catalog"));
     let rows_total = (backups * files) as f64;
     println!("## Guest catalog: {backups} backups × {files} files\n");
     println!("Method: {}\n", METHOD.trim());

@@ -17,24 +17,17 @@ use gateway::samba::Samba;
 use gateway::share::Share;
 use repo_server::store::BlobStore;
 use schema::ChunkId;
+use tests::images::noise;
 
 /// Runs the ingest benchmark with `mib` chunks per configuration.
 pub fn run(mib: usize) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("bench-share-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let samba = Samba::start(&dir)?;
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let blobs: Arc<Vec<(ChunkId, Vec<u8>)>> = Arc::new(
-        (0..mib)
-            .map(|_| {
-                let b: Vec<u8> = (0..1 << 20)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
+        (0..mib as u64)
+            .map(|seed| {
+                let b = noise(1 << 20, seed + 1);
                 (ChunkId::of(&b), b)
             })
             .collect(),

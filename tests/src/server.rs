@@ -135,12 +135,23 @@ impl TestServer {
     }
 }
 
-/// Path of the built binary `name` of this workspace: beside the test executable's `deps/`
-/// directory, i.e. in the target directory's `release/`.
-fn built_binary(name: &str) -> PathBuf {
+/// The directory holding this workspace's built binaries: the target directory's `release/`,
+/// where the bench binary lives and whose `deps/` holds the test executables.
+///
+/// # Panics
+/// When the running executable's path has no parent.
+pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join(name);
+    let dir = exe.parent().unwrap();
+    match dir.file_name() {
+        Some(n) if n == "deps" => dir.parent().unwrap().to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
+}
+
+/// Path of the built binary `name` of this workspace (see [`bin_dir`]).
+fn built_binary(name: &str) -> PathBuf {
+    let bin = bin_dir().join(name);
     assert!(
         bin.is_file(),
         "{} is missing: build it first with `cargo build --release --workspace` (scripts/test.sh does)",
@@ -170,11 +181,80 @@ pub fn mover_binary() -> PathBuf {
     built_binary("source-mover")
 }
 
-/// The `repo-server` binary as a child process.
+/// A free TCP port on 127.0.0.1 (bound, then released): for a server that must come back on the
+/// same address after a restart.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How to start a server binary as a child process ([`ChildServer::spawn`]). Start from
+/// [`Launch::new`] and change fields with struct update syntax.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The binary: [`server_binary`], [`gateway_binary`] or [`failpoint_server_binary`] (all
+    /// take the same command line).
+    pub bin: PathBuf,
+    /// The data directory (created). The configuration file is written beside it, `DATA.toml`.
+    pub data: PathBuf,
+    /// The address to listen on; the bound address is read back from the server's first line.
+    pub listen: String,
+    /// TOML appended to the configuration.
+    pub extra: String,
+    /// Environment of the child, beside `REPO_LOG=warn`.
+    pub env: Vec<(String, String)>,
+    /// Whether the configuration lists the test tokens ([`ADMIN`] and the others). Without them
+    /// the server generates `DATA/admin.token`, as on a fresh install
+    /// ([`ChildServer::admin_token_file`]).
+    pub test_tokens: bool,
+}
+
+impl Launch {
+    /// The shipped `repo-server` on `data`, on an ephemeral port, with the test tokens.
+    pub fn new(data: &Path) -> Launch {
+        Launch {
+            bin: server_binary(),
+            data: data.to_owned(),
+            listen: "127.0.0.1:0".into(),
+            extra: String::new(),
+            env: Vec::new(),
+            test_tokens: true,
+        }
+    }
+
+    /// The configuration file's text.
+    fn config(&self) -> String {
+        let mut text = format!(
+            "listen = \"{}\"\ndata = \"{}\"\n",
+            self.listen,
+            self.data.display()
+        );
+        for t in tokens().iter().filter(|_| self.test_tokens) {
+            let role = match t.role {
+                Role::Admin => "admin",
+                Role::Backup => "backup",
+                Role::Reader => "reader",
+            };
+            text.push_str(&format!(
+                "[[tokens]]\ntoken = \"{}\"\ntenant = \"{}\"\nrole = \"{role}\"\n",
+                t.token, t.tenant
+            ));
+        }
+        text.push_str(&self.extra);
+        text
+    }
+}
+
+/// A server binary as a child process, killed when dropped.
 #[derive(Debug)]
 pub struct ChildServer {
     /// Bound address.
     pub addr: SocketAddr,
+    /// Data directory.
+    pub data: PathBuf,
     child: Child,
 }
 
@@ -204,42 +284,58 @@ impl ChildServer {
         extra: &str,
         env: &[(&str, &str)],
     ) -> ChildServer {
-        std::fs::create_dir_all(data).unwrap();
-        let cfg_path = data.with_extension("toml");
-        let mut text = format!("listen = \"{listen}\"\ndata = \"{}\"\n", data.display());
-        for t in tokens() {
-            let role = match t.role {
-                Role::Admin => "admin",
-                Role::Backup => "backup",
-                Role::Reader => "reader",
-            };
-            text.push_str(&format!(
-                "[[tokens]]\ntoken = \"{}\"\ntenant = \"{}\"\nrole = \"{role}\"\n",
-                t.token, t.tenant
-            ));
-        }
-        text.push_str(extra);
-        std::fs::write(&cfg_path, text).unwrap();
-        let mut child = Command::new(bin)
+        let launch = Launch {
+            bin: bin.to_owned(),
+            data: data.to_owned(),
+            listen: listen.into(),
+            extra: extra.into(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            test_tokens: true,
+        };
+        Self::spawn(&launch).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Writes the configuration, starts the binary and waits until it listens (its first line
+    /// of output, `listening on ADDR`).
+    ///
+    /// # Errors
+    /// Writing the configuration, starting the process, or a first line that is not the address
+    /// (the server failed to start; its errors went to stderr).
+    pub fn spawn(launch: &Launch) -> anyhow::Result<ChildServer> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&launch.data)?;
+        let cfg_path = launch.data.with_extension("toml");
+        std::fs::write(&cfg_path, launch.config())?;
+        let mut child = Command::new(&launch.bin)
             .arg("--config")
             .arg(&cfg_path)
-            .envs(env.iter().copied())
+            .envs(launch.env.iter().cloned())
             .env("REPO_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected output {line:?}"));
-        ChildServer {
-            addr: addr.parse().unwrap(),
-            child,
+            .with_context(|| format!("starting {}", launch.bin.display()))?;
+        match listening_address(&mut child) {
+            Ok(addr) => Ok(ChildServer {
+                addr,
+                data: launch.data.clone(),
+                child,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
         }
+    }
+
+    /// Where the server keeps the admin token it generates when no tokens are configured
+    /// ([`Launch::test_tokens`] off).
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.data.join("admin.token")
     }
 
     /// Base URL.
@@ -336,6 +432,19 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
         }
     }
     out
+}
+
+/// Reads a server's first line of output, `listening on ADDR`, and parses the address.
+fn listening_address(child: &mut Child) -> anyhow::Result<SocketAddr> {
+    use anyhow::Context;
+    let stdout = child.stdout.take().context("the child's stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected output {line:?}"))?;
+    Ok(addr.parse()?)
 }
 
 /// Sends a signal with the `kill` command (the workspace forbids `unsafe`).

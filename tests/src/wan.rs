@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stdx::rate::TokenBucket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Mutex};
@@ -49,25 +50,26 @@ pub struct WanProxy {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// A token bucket for one direction of the link.
-#[derive(Debug)]
-struct Bucket {
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
+/// A token bucket for one direction of the link, shared by all its connections; a sender holds
+/// the lock while it waits, so bytes leave in order of arrival.
+type Bucket = Mutex<TokenBucket>;
+
+/// The bucket of one direction at `rate` bytes per second: bursts of 10 ms worth (at least
+/// 16 KiB), like a shaped link's small queue, starting empty like an idle link's queue.
+fn link_bucket(rate: u64) -> Arc<Bucket> {
+    let rate = rate as f64;
+    let burst = (rate / 100.0).max(16_384.0);
+    let mut bucket = TokenBucket::with_burst(rate, burst);
+    let _ = bucket.take(burst as u64, Instant::now());
+    Arc::new(Mutex::new(bucket))
 }
 
-impl Bucket {
-    async fn take(&self, n: usize) {
-        let mut s = self.state.lock().await;
-        let now = Instant::now();
-        // Burst of 10 ms worth, like a shaped link's small queue.
-        let cap = (self.rate / 100.0).max(16_384.0);
-        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(cap);
-        s.1 = now;
-        s.0 -= n as f64;
-        if s.0 < 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(-s.0 / self.rate)).await;
-        }
+/// Waits until `n` bytes may pass `bucket`.
+async fn take(bucket: &Bucket, n: usize) {
+    let mut b = bucket.lock().await;
+    let wait = b.take(n as u64, Instant::now());
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -99,15 +101,7 @@ impl WanProxy {
         let stats = Arc::new(Stats::default());
         let (cut, cut_rx) = watch::channel(0u64);
         let refuse_until: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
-        let buckets = link.rate.map(|r| {
-            let b = || {
-                Arc::new(Bucket {
-                    rate: r as f64,
-                    state: Mutex::new((0.0, Instant::now())),
-                })
-            };
-            (b(), b())
-        });
+        let buckets = link.rate.map(|r| (link_bucket(r), link_bucket(r)));
         let (st, refuse) = (stats.clone(), refuse_until.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -234,7 +228,7 @@ async fn pump(
         }
         if let Some(b) = &bucket {
             for piece in data.chunks(16 << 10) {
-                b.take(piece.len()).await;
+                take(b, piece.len()).await;
             }
         }
         if to.write_all(&data).await.is_err() {

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bench::wan::{Link, WanProxy};
 use gateway::samba::Samba;
 use schema::ChunkId;
 use serde_json::Value;
@@ -19,6 +18,7 @@ use source_mover::client::RepoClient;
 use source_mover::restore::{resolve, restore};
 use tests::images::{build, make_tree, noise, Layout, Table};
 use tests::mover::{client, opts};
+use tests::wan::{Link, WanProxy};
 use tests::{gateway_binary, ChildServer, Client, ADMIN, BACKUP_A};
 
 const MIB: usize = 1 << 20;

@@ -372,18 +372,10 @@ async fn block_size_boundaries() {
     srv.stop().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mover_resumes_and_server_restart_is_survived() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = tests::free_port();
     let listen = format!("127.0.0.1:{port}");
     let data = dir.path().join("repo");
     let mut srv = ChildServer::start_at(&data, &listen);

@@ -6,11 +6,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bench::wan::{Link, WanProxy};
 use source_mover::backup::{backup, BackupOptions, Base};
 use source_mover::client::RepoClient;
 use source_mover::restore::{resolve, restore};
 use tests::images::noise;
+use tests::wan::{Link, WanProxy};
 use tests::{ChildServer, TestServer, BACKUP_A};
 
 const MIB: u64 = 1 << 20;
@@ -88,11 +88,7 @@ async fn backup_completes_across_cuts_and_resends_only_what_was_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_survives_two_server_restarts_across_the_emulator() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = tests::free_port();
     let listen = format!("127.0.0.1:{port}");
     let data = dir.path().join("repo");
     let mut srv = ChildServer::start_at(&data, &listen);

@@ -1,0 +1,85 @@
+//! `bench compare --dataset DIR [--quick]`: this project, restic and borg on the same VM image,
+//! in one process tree, with a warm page cache, each figure the median of N runs.
+//!
+//! Method (printed with the table, [`crate::report`]): for every tool, a fresh repository per
+//! run; steps full backup of disk.raw, incremental of disk2.raw (this project with the CBT list),
+//! restore of the incremental. Wall, CPU (user+sys of the whole process tree: for this project
+//! the mover plus the server's own CPU over the step) and peak RSS come from `/usr/bin/time` and
+//! `/proc`; repository bytes from the sizes of its files after the step. The floor reads the
+//! bytes this project had to read and hashes (blake3) and compresses (zstd, the project's level)
+//! them on both cores, in process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use crate::measure::{med_steps, median};
+use crate::report::Comparison;
+use crate::{floor, peers, project};
+
+/// Runs the comparison on the dataset `ds` (built here with `quick` if absent), `runs` times
+/// (default 3, 1 with `quick`), scratch in `work`, and prints the table.
+pub fn run(ds: &Path, quick: bool, runs: Option<usize>, work: Option<PathBuf>) -> Result<()> {
+    dataset(ds, quick)?;
+    let runs = runs.unwrap_or(if quick { 1 } else { 3 });
+    let work = work
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("bench-work-{}", std::process::id())));
+    std::fs::create_dir_all(&work)?;
+    // Warm the page cache.
+    for f in ["disk.raw", "disk2.raw"] {
+        let mut r = std::io::BufReader::new(std::fs::File::open(ds.join(f))?);
+        std::io::copy(&mut r, &mut std::io::sink())?;
+    }
+    let mut tools = BTreeMap::new();
+    let (mut o, mut r, mut b, mut bf, mut srv) = (vec![], vec![], vec![], vec![], vec![]);
+    for i in 0..runs {
+        eprintln!("bench: run {}/{runs}", i + 1);
+        let (steps, s) = project::run(ds, &work)?;
+        o.push(steps);
+        srv.push(s);
+        r.push(peers::restic(ds, &work)?);
+        b.push(peers::borg(ds, &work, false)?);
+        bf.push(peers::borg(ds, &work, true)?);
+    }
+    tools.insert("1 this project", med_steps(o));
+    tools.insert("2 restic", med_steps(r));
+    tools.insert("3 borg", med_steps(b));
+    tools.insert("4 borg fixed 4 MiB", med_steps(bf));
+    let floor = floor::run(ds)?;
+    let _ = std::fs::remove_dir_all(&work);
+    let report = Comparison {
+        dataset: ds.to_owned(),
+        apparent: std::fs::metadata(ds.join("disk.raw"))?.len(),
+        runs,
+        tools,
+        floor,
+        server_rss_mib: median(srv),
+    };
+    print!("{report}");
+    Ok(())
+}
+
+/// Checks that `ds` holds disk.raw, disk2.raw and cbt.json; with `quick`, builds a small one
+/// with real tools first if it has none.
+fn dataset(ds: &Path, quick: bool) -> Result<()> {
+    if quick && !ds.join("disk.raw").exists() {
+        eprintln!(
+            "bench: building a small dataset in {} with real tools",
+            ds.display()
+        );
+        std::fs::create_dir_all(ds)?;
+        let (disk, p1_off, p1) = source_mover::demo::build_disk(ds)?;
+        source_mover::demo::make_day_two(ds, &disk, p1_off, &p1)?;
+    }
+    for f in ["disk.raw", "disk2.raw", "cbt.json"] {
+        if !ds.join(f).exists() {
+            bail!(
+                "{} has no {f}: build it with ../shared/bench/make-dataset.sh {} 4",
+                ds.display(),
+                ds.display()
+            );
+        }
+    }
+    Ok(())
+}
