@@ -329,12 +329,12 @@ async fn commits_while_gc_lists_index_blobs_keep_their_index_blobs() {
     }));
     let c = Client::h2(&url, Some(BACKUP_A));
     let admin = c.with_token(Some(ADMIN));
-    let bs = 64usize << 10;
+    let bs = 256usize << 10;
     fn disk(data: &[u8]) -> DiskUpload<'_> {
         DiskUpload {
             name: "d",
             data,
-            block_size: 64 << 10,
+            block_size: 256 << 10,
         }
     }
     let delete = |id: String| {
