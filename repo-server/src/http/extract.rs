@@ -1,14 +1,11 @@
-//! Extractors: the caller, typed ids from the path, and bodies read under limits.
+//! Extractors: the caller, typed ids from the path ([`Id`], [`Ids`]); headers as text. Bodies
+//! are read by [`super::body`]; the ingest routes' requests are [`super::upload`]'s.
 
 use std::str::FromStr;
-use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{FromRequestParts, Path};
-use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::HeaderMap;
-use http_body_util::BodyExt;
 use schema::{ErrorCode, IdError};
 
 use super::AppState;
@@ -42,6 +39,49 @@ impl FromRequestParts<AppState> for RawPath {
     }
 }
 
+impl RawPath {
+    /// Path parameter `i` parsed as an id (400 `BAD_ID`/`BAD_DIGEST` when malformed).
+    ///
+    /// # Errors
+    /// 400 with the rule the id breaks.
+    pub fn param<T: FromStr<Err = IdError>>(&self, i: usize) -> Result<T> {
+        parse_id(self.0.get(i).map(String::as_str).unwrap_or(""))
+    }
+}
+
+/// The first path parameter as an id (a session, a chunk digest, a backup).
+#[derive(Debug)]
+pub struct Id<T>(pub T);
+
+impl<T: FromStr<Err = IdError>> FromRequestParts<AppState> for Id<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Id<T>> {
+        RawPath::from_request_parts(parts, st)
+            .await?
+            .param(0)
+            .map(Id)
+    }
+}
+
+/// The first two path parameters as ids (a session and a disk, a backup and a disk), checked
+/// in that order.
+#[derive(Debug)]
+pub struct Ids<A, B>(pub A, pub B);
+
+impl<A, B> FromRequestParts<AppState> for Ids<A, B>
+where
+    A: FromStr<Err = IdError>,
+    B: FromStr<Err = IdError>,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Ids<A, B>> {
+        let p = RawPath::from_request_parts(parts, st).await?;
+        Ok(Ids(p.param(0)?, p.param(1)?))
+    }
+}
+
 /// Parses one id from the path, mapping a bad digest to `BAD_DIGEST` and anything else to `BAD_ID`.
 ///
 /// # Errors
@@ -71,59 +111,6 @@ pub fn content_type(headers: &HeaderMap) -> Option<String> {
             .trim()
             .to_ascii_lowercase()
     })
-}
-
-/// Reads a whole body, refusing with 413 before reading when `Content-Length` is over `limit`,
-/// and with 408 when no data arrives for `idle`.
-///
-/// # Errors
-/// 413 `TOO_LARGE`, 408 `BODY_TIMEOUT`, 400 when the body breaks off.
-pub async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: u64,
-    idle: Duration,
-) -> Result<Bytes> {
-    let declared = header(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
-    let too_large = |n: u64| {
-        Error::new(
-            ErrorCode::TooLarge,
-            format!("body of {n} bytes is over this route's limit of {limit} bytes"),
-        )
-    };
-    if let Some(n) = declared.filter(|&n| n > limit) {
-        return Err(too_large(n));
-    }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
-    let mut body = body;
-    loop {
-        let frame = tokio::time::timeout(idle, body.frame())
-            .await
-            .map_err(|_| {
-                Error::new(
-                    ErrorCode::BodyTimeout,
-                    format!("request body sent nothing for {}s", idle.as_secs()),
-                )
-            })?;
-        match frame {
-            None => break,
-            Some(Err(e)) => {
-                return Err(Error::new(
-                    ErrorCode::BadRequest,
-                    format!("request body broke off: {e}"),
-                ))
-            }
-            Some(Ok(f)) => {
-                if let Ok(data) = f.into_data() {
-                    if (buf.len() + data.len()) as u64 > limit {
-                        return Err(too_large((buf.len() + data.len()) as u64));
-                    }
-                    buf.extend_from_slice(&data);
-                }
-            }
-        }
-    }
-    Ok(buf.freeze())
 }
 
 /// Runs blocking repository work off the async runtime.

@@ -1,8 +1,9 @@
-//! One thin function per route: parse, call the repository on a blocking thread, answer.
+//! One thin function per route: extract (caller, ids, body), call the repository on a blocking
+//! thread, answer. Checks that refuse from the path and headers live in the extractors
+//! ([`super::extract`]), bodies are read and streamed by [`super::body`].
 
 use std::collections::HashMap;
 
-use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -11,14 +12,15 @@ use schema::api::{Capabilities, CommitRequest, CreateSession, Digests, JobStarte
 use schema::{BackupId, ChunkId, DiskName, ErrorCode, SessionId, API_VERSION, BLOCK_SIZES};
 use serde_json::json;
 
-use super::extract::{blocking, content_type, header as hdr, parse_id, read_body, RawPath};
-use super::{range, AppState};
+use super::body::{self, JsonBody, OptionalJson, OCTET};
+use super::extract::{blocking, header as hdr, Id, Ids, RawPath};
+use super::upload::{ChunkUpload, DigestList, Records};
+use super::AppState;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
-use crate::repo::ingest::{Encoding, Stored};
+use crate::repo::ingest::Stored;
 use crate::repo::read::{Cursor, ListQuery};
 
-const OCTET: &str = "application/octet-stream";
 const ZSTD: &str = "application/zstd";
 const OPENAPI: &str = include_str!("../../openapi.json");
 
@@ -32,11 +34,6 @@ fn with_header(mut r: Response, name: &'static str, value: impl ToString) -> Res
 /// A JSON response, newline-terminated so it reads well in a terminal.
 pub(crate) fn json_body(value: &impl serde::Serialize, status: StatusCode) -> Response {
     crate::error::json_response(value, status)
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| Error::new(ErrorCode::InvalidBody, format!("invalid JSON body: {e}")))
 }
 
 pub(super) async fn healthz() -> &'static str {
@@ -69,25 +66,12 @@ pub(super) async fn openapi() -> Response {
     with_header(OPENAPI.into_response(), "content-type", "application/json")
 }
 
-/// Path parameter `i` parsed as an id (400 `BAD_ID`/`BAD_DIGEST` when malformed).
-fn param<T: std::str::FromStr<Err = schema::IdError>>(p: &RawPath, i: usize) -> Result<T> {
-    parse_id(p.0.get(i).map(String::as_str).unwrap_or(""))
-}
-
-fn session_id(p: &RawPath) -> Result<SessionId> {
-    param(p, 0)
-}
-
 pub(super) async fn create_session(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
-    headers: HeaderMap,
-    body: Body,
+    Id(s): Id<SessionId>,
+    JsonBody(params): JsonBody<CreateSession>,
 ) -> Result<Response> {
-    let s = session_id(&path)?;
-    let body = read_body(&headers, body, st.limits.max_json_body, st.idle()).await?;
-    let params: CreateSession = parse_json(&body)?;
     let repo = st.repo.clone();
     let c2 = caller.clone();
     let created = blocking(move || repo.create_session(&c2, s, params)).await?;
@@ -108,9 +92,8 @@ pub(super) async fn create_session(
 pub(super) async fn get_session(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
+    Id(s): Id<SessionId>,
 ) -> Result<Response> {
-    let s = session_id(&path)?;
     let repo = st.repo.clone();
     let status = blocking(move || repo.session_status(&caller, &s)).await?;
     Ok(json_body(&status, StatusCode::OK))
@@ -119,9 +102,8 @@ pub(super) async fn get_session(
 pub(super) async fn delete_session(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
+    Id(s): Id<SessionId>,
 ) -> Result<StatusCode> {
-    let s = session_id(&path)?;
     let repo = st.repo.clone();
     blocking(move || repo.delete_session(&caller, &s)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -130,51 +112,12 @@ pub(super) async fn delete_session(
 pub(super) async fn find_missing(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
-    headers: HeaderMap,
-    body: Body,
+    Id(s): Id<SessionId>,
+    list: DigestList,
 ) -> Result<Response> {
-    let s = session_id(&path)?;
-    let max = st.limits.max_find_missing;
-    let json = match content_type(&headers).as_deref() {
-        None | Some(OCTET) => false,
-        Some("application/json") => true,
-        Some(other) => {
-            return Err(Error::new(
-                ErrorCode::UnsupportedType,
-                format!("find-missing takes {OCTET} or application/json, not {other}"),
-            ))
-        }
-    };
-    let limit = if json { max * 80 + 4096 } else { max * 32 };
-    let body = read_body(&headers, body, limit, st.idle())
-        .await
-        .map_err(|e| {
-            if e.code == ErrorCode::TooLarge {
-                Error::new(
-                    ErrorCode::TooLarge,
-                    format!("at most {max} digests per find-missing request"),
-                )
-            } else {
-                e
-            }
-        })?;
-    let ids: Vec<ChunkId> = if json {
-        parse_json::<Digests>(&body)?.digests
-    } else {
-        if !body.len().is_multiple_of(32) {
-            return Err(Error::new(
-                ErrorCode::BadBody,
-                format!("body of {} bytes is not whole 32-byte digests", body.len()),
-            ));
-        }
-        body.chunks_exact(32)
-            .filter_map(ChunkId::from_slice)
-            .collect()
-    };
     let repo = st.repo.clone();
-    let missing = blocking(move || repo.find_missing(&caller, &s, ids)).await?;
-    if json {
+    let missing = blocking(move || repo.find_missing(&caller, &s, list.ids)).await?;
+    if list.json {
         return Ok(json_body(&Digests { digests: missing }, StatusCode::OK));
     }
     let mut out = Vec::with_capacity(missing.len() * 32);
@@ -187,74 +130,15 @@ pub(super) async fn find_missing(
 pub(super) async fn put_chunk(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
-    headers: HeaderMap,
-    body: Body,
+    up: ChunkUpload,
 ) -> Result<Response> {
-    let s = session_id(&path)?;
-    let id: ChunkId = param(&path, 1)?;
-    if id.is_hole() {
-        return Err(Error::new(
-            ErrorCode::BadDigest,
-            "the all-zero digest is a hole and is never stored",
-        ));
-    }
-    let enc = match content_type(&headers).as_deref() {
-        Some(ZSTD) => Encoding::Zstd,
-        Some(OCTET) => Encoding::Raw,
-        other => {
-            return Err(Error::new(
-                ErrorCode::UnsupportedType,
-                format!(
-                    "chunk bodies are {ZSTD} or {OCTET}, not {}",
-                    other.unwrap_or("(none)")
-                ),
-            ))
-        }
-    };
-    let len: u64 = match hdr(&headers, "chunk-length") {
-        None => {
-            return Err(Error::new(
-                ErrorCode::MissingChunkLength,
-                "Chunk-Length header (uncompressed bytes) is required",
-            ))
-        }
-        Some(v) => v.trim().parse().map_err(|_| {
-            Error::new(
-                ErrorCode::BadRequest,
-                format!("Chunk-Length {v:?} is not a number"),
-            )
-        })?,
-    };
-    let max = st.limits.max_chunk_bytes;
-    if len > max {
-        return Err(Error::new(
-            ErrorCode::TooLarge,
-            format!("Chunk-Length {len} is over the limit of {max} bytes"),
-        ));
-    }
+    let (s, id, enc, len) = (up.session, up.id, up.encoding, up.len);
     // A chunk the tenant already has is pinned without reading the body.
     let (repo, c2) = (st.repo.clone(), caller.clone());
     if blocking(move || repo.pin_if_present(&c2, &s, &id)).await? {
         return Ok(StatusCode::OK.into_response());
     }
-    let limit = match enc {
-        Encoding::Raw => len,
-        Encoding::Zstd => zstd_body_limit(len),
-    };
-    let declared = hdr(&headers, "content-length")
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(limit)
-        .min(limit);
-    let kib = ((declared + len) / 1024 + 1).min(u64::from(u32::MAX)) as u32;
-    // Pace a rate-limited tenant before taking in-flight capacity others could use.
-    st.ingest.take(&caller.tenant, declared).await;
-    let _permit = st
-        .inflight
-        .acquire_many(kib.clamp(1, st.inflight_total))
-        .await
-        .map_err(|_| Error::new(ErrorCode::Unavailable, "server is shutting down"))?;
-    let body = read_body(&headers, body, limit, st.idle()).await?;
+    let (_permit, body) = up.receive(&st, &caller.tenant).await?;
     let repo = st.repo.clone();
     let stored = blocking(move || repo.put_chunk(&caller, &s, &id, enc, len, &body)).await?;
     Ok(match stored {
@@ -264,49 +148,15 @@ pub(super) async fn put_chunk(
     .into_response())
 }
 
-/// The largest zstd body accepted for a chunk of `len` uncompressed bytes: zstd's worst case
-/// plus room for frame headers.
-pub(super) fn zstd_body_limit(len: u64) -> u64 {
-    zstd::zstd_safe::compress_bound(len as usize) as u64 + 1024
-}
-
 pub(super) async fn put_entries(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Body,
+    Ids(s, disk): Ids<SessionId, DiskName>,
+    r: Records,
 ) -> Result<Response> {
-    let s = session_id(&path)?;
-    let disk: DiskName = param(&path, 1)?;
-    let start: u64 = q
-        .get("start")
-        .ok_or_else(|| {
-            Error::new(
-                ErrorCode::BadRequest,
-                "query parameter start (records the server holds) is required",
-            )
-        })?
-        .parse()
-        .map_err(|_| {
-            Error::new(
-                ErrorCode::BadRequest,
-                "start must be a non-negative integer",
-            )
-        })?;
-    match content_type(&headers).as_deref() {
-        None | Some(OCTET) => {}
-        Some(other) => {
-            return Err(Error::new(
-                ErrorCode::UnsupportedType,
-                format!("records are {OCTET}, not {other}"),
-            ))
-        }
-    }
-    let body = read_body(&headers, body, st.limits.max_entries_body, st.idle()).await?;
     let repo = st.repo.clone();
-    let total = blocking(move || repo.append_entries(&caller, &s, &disk, start, &body)).await?;
+    let total =
+        blocking(move || repo.append_entries(&caller, &s, &disk, r.start, &r.bytes)).await?;
     Ok(with_header(
         StatusCode::NO_CONTENT.into_response(),
         "index-entries",
@@ -317,13 +167,9 @@ pub(super) async fn put_entries(
 pub(super) async fn commit(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
-    headers: HeaderMap,
-    body: Body,
+    Id(s): Id<SessionId>,
+    JsonBody(req): JsonBody<CommitRequest>,
 ) -> Result<Response> {
-    let s = session_id(&path)?;
-    let body = read_body(&headers, body, st.limits.max_json_body, st.idle()).await?;
-    let req: CommitRequest = parse_json(&body)?;
     let repo = st.repo.clone();
     let done = blocking(move || repo.commit(&caller, &s, req)).await?;
     let code = if done.created {
@@ -342,9 +188,8 @@ pub(super) async fn commit(
 pub(super) async fn head_chunk(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
+    Id(id): Id<ChunkId>,
 ) -> Result<Response> {
-    let id: ChunkId = param(&path, 0)?;
     let repo = st.repo.clone();
     let m = blocking(move || repo.chunk_meta(&caller, &id)).await?;
     let mut r = StatusCode::OK.into_response();
@@ -358,10 +203,9 @@ pub(super) async fn head_chunk(
 pub(super) async fn get_chunk(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
+    Id(id): Id<ChunkId>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let id: ChunkId = param(&path, 0)?;
     let raw = hdr(&headers, "accept").is_some_and(|a| a.contains(OCTET) && !a.contains(ZSTD));
     let repo = st.repo.clone();
     let (bytes, raw_len) = blocking(move || {
@@ -450,9 +294,8 @@ pub(super) async fn list_backups(
 pub(super) async fn get_backup(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
+    Id(id): Id<BackupId>,
 ) -> Result<Response> {
-    let id: BackupId = param(&path, 0)?;
     let repo = st.repo.clone();
     let m = blocking(move || repo.manifest(&caller, &id)).await?;
     Ok(json_body(&m, StatusCode::OK))
@@ -461,9 +304,8 @@ pub(super) async fn get_backup(
 pub(super) async fn delete_backup(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
+    Id(id): Id<BackupId>,
 ) -> Result<StatusCode> {
-    let id: BackupId = param(&path, 0)?;
     let repo = st.repo.clone();
     blocking(move || repo.delete_backup(&caller, &id)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -472,10 +314,8 @@ pub(super) async fn delete_backup(
 pub(super) async fn get_index(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
+    Ids(id, disk): Ids<BackupId, DiskName>,
 ) -> Result<Response> {
-    let id: BackupId = param(&path, 0)?;
-    let disk: DiskName = param(&path, 1)?;
     let repo = st.repo.clone();
     let img = blocking(move || repo.disk_image(&caller, &id, &disk)).await?;
     let mut blob = Vec::with_capacity(img.index.len() * 32);
@@ -488,43 +328,29 @@ pub(super) async fn get_index(
 pub(super) async fn get_image(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
+    Ids(id, disk): Ids<BackupId, DiskName>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let id: BackupId = param(&path, 0)?;
-    let disk: DiskName = param(&path, 1)?;
     let repo = st.repo.clone();
     let img = blocking(move || repo.disk_image(&caller, &id, &disk)).await?;
-    let size = img.disk.size;
-    let range = range::resolve(hdr(&headers, "range"), size)?;
-    let (first, last) = range.unwrap_or((0, size.saturating_sub(1)));
-    let len = if size == 0 { 0 } else { last - first + 1 };
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let repo = st.repo.clone();
-    if len > 0 {
-        tokio::task::spawn_blocking(move || {
-            let bs = u64::from(img.disk.block_size);
-            for b in first / bs..=last / bs {
-                let start = b * bs;
-                let piece = match repo.read_block(&img, b) {
-                    Ok(data) => {
-                        let a = first.saturating_sub(start) as usize;
-                        let z = ((last + 1).min(start + data.len() as u64) - start) as usize;
-                        Ok(Bytes::from(data).slice(a..z))
-                    }
-                    Err(e) => {
-                        tracing::error!(block = b, error = %e, "image stream broken off");
-                        Err(std::io::Error::other(e.to_string()))
-                    }
-                };
-                let failed = piece.is_err();
-                if tx.blocking_send(piece).is_err() || failed {
-                    return;
-                }
+    body::ranged(&headers, img.disk.size, move |first, last, send| {
+        let bs = u64::from(img.disk.block_size);
+        for b in first / bs..=last / bs {
+            let start = b * bs;
+            let piece = repo.read_block(&img, b).map(|data| {
+                let a = first.saturating_sub(start) as usize;
+                let z = ((last + 1).min(start + data.len() as u64) - start) as usize;
+                Bytes::from(data).slice(a..z)
+            });
+            if let Err(e) = &piece {
+                tracing::error!(block = b, error = %e, "image stream broken off");
             }
-        });
-    }
-    Ok(byte_stream(rx, len, range.map(|_| (first, last, size))))
+            if !send(piece) {
+                return;
+            }
+        }
+    })
 }
 
 pub(super) async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Response> {
@@ -541,16 +367,9 @@ pub(super) async fn start_gc(State(st): State<AppState>, caller: Caller) -> Resu
 pub(super) async fn start_verify(
     State(st): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Body,
+    OptionalJson(req): OptionalJson<schema::api::VerifyRequest>,
 ) -> Result<Response> {
-    let body = read_body(&headers, body, st.limits.max_json_body, st.idle()).await?;
-    let req: schema::api::VerifyRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        schema::api::VerifyRequest::default()
-    } else {
-        parse_json(&body)?
-    };
-    let job = st.repo.start_verify(&caller, req)?;
+    let job = st.repo.start_verify(&caller, req.unwrap_or_default())?;
     Ok(json_body(&JobStarted { job }, StatusCode::ACCEPTED))
 }
 
@@ -568,7 +387,7 @@ pub(super) async fn get_job(
 /// `POST /v1/admin/prune` body: `dry_run` is required, so an empty request deletes nothing.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PruneRequest {
+pub(super) struct PruneRequest {
     dry_run: bool,
     #[serde(default)]
     source: Option<String>,
@@ -577,11 +396,8 @@ struct PruneRequest {
 pub(super) async fn prune(
     State(st): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
-    body: Body,
+    JsonBody(req): JsonBody<PruneRequest>,
 ) -> Result<Response> {
-    let body = read_body(&headers, body, st.limits.max_json_body, st.idle()).await?;
-    let req: PruneRequest = parse_json(&body)?;
     let repo = st.repo.clone();
     let report = blocking(move || repo.prune(&caller, req.dry_run, req.source.as_deref())).await?;
     Ok(json_body(&report, StatusCode::OK))
@@ -597,12 +413,9 @@ pub(super) async fn put_retention(
     State(st): State<AppState>,
     caller: Caller,
     path: RawPath,
-    headers: HeaderMap,
-    body: Body,
+    JsonBody(policy): JsonBody<schema::retention::Policy>,
 ) -> Result<Response> {
     let source = path.0.first().cloned().unwrap_or_default();
-    let body = read_body(&headers, body, st.limits.max_json_body, st.idle()).await?;
-    let policy: schema::retention::Policy = parse_json(&body)?;
     let repo = st.repo.clone();
     let r = blocking(move || repo.set_policy(&caller, &source, &policy)).await?;
     Ok(json_body(&r, StatusCode::OK))
@@ -632,10 +445,9 @@ fn query<T: serde::de::DeserializeOwned>(uri: &http::Uri) -> Result<T> {
 pub(super) async fn list_files(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
+    Id(id): Id<BackupId>,
     uri: http::Uri,
 ) -> Result<Response> {
-    let id: BackupId = param(&path, 0)?;
     let q: crate::repo::files::FilesQuery = query(&uri)?;
     let repo = st.repo.clone();
     let v = blocking(move || repo.list_files(&caller, &id, &q)).await?;
@@ -645,42 +457,29 @@ pub(super) async fn list_files(
 pub(super) async fn file_content(
     State(st): State<AppState>,
     caller: Caller,
-    path: RawPath,
+    Id(id): Id<BackupId>,
     uri: http::Uri,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let id: BackupId = param(&path, 0)?;
     let q: crate::repo::files::FilesQuery = query(&uri)?;
     let repo = st.repo.clone();
     let (entry, img) = blocking(move || repo.file_content(&caller, &id, &q)).await?;
-    let size = entry.size;
-    let range = range::resolve(hdr(&headers, "range"), size)?;
-    let (first, last) = range.unwrap_or((0, size.saturating_sub(1)));
-    let len = if size == 0 { 0 } else { last - first + 1 };
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let repo = st.repo.clone();
-    if len > 0 {
-        tokio::task::spawn_blocking(move || {
-            const PIECE: u64 = 1 << 20;
-            let mut at = first;
-            while at <= last {
-                let end = (at + PIECE - 1).min(last);
-                let piece = repo
-                    .read_file_range(&img, &entry, at, end)
-                    .map(Bytes::from)
-                    .map_err(|e| {
-                        tracing::error!(path = %entry.path, error = %e, "file stream broken off");
-                        std::io::Error::other(e.to_string())
-                    });
-                let failed = piece.is_err();
-                if tx.blocking_send(piece).is_err() || failed {
-                    return;
-                }
-                at = end + 1;
+    body::ranged(&headers, entry.size, move |first, last, send| {
+        const PIECE: u64 = 1 << 20;
+        let mut at = first;
+        while at <= last {
+            let end = (at + PIECE - 1).min(last);
+            let piece = repo.read_file_range(&img, &entry, at, end).map(Bytes::from);
+            if let Err(e) = &piece {
+                tracing::error!(path = %entry.path, error = %e, "file stream broken off");
             }
-        });
-    }
-    Ok(byte_stream(rx, len, range.map(|_| (first, last, size))))
+            if !send(piece) {
+                return;
+            }
+            at = end + 1;
+        }
+    })
 }
 
 pub(super) async fn search(
@@ -692,28 +491,4 @@ pub(super) async fn search(
     let repo = st.repo.clone();
     let v = blocking(move || repo.search(&caller, &q)).await?;
     Ok(json_body(&v, StatusCode::OK))
-}
-
-/// A streamed `application/octet-stream` answer of `len` bytes fed by `rx`; with `partial`
-/// (first, last, size) it is a 206 with `Content-Range`.
-fn byte_stream(
-    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
-    len: u64,
-    partial: Option<(u64, u64, u64)>,
-) -> Response {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    let mut r = Response::new(Body::from_stream(stream));
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCTET));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Some((first, last, size)) = partial {
-        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
-            r.headers_mut().insert(header::CONTENT_RANGE, v);
-        }
-    }
-    r
 }

@@ -1,6 +1,11 @@
 //! The HTTP face of the repository: routes, thin handlers, extractors.
 //!
-//! - [`extract`]: the caller (bearer token), ids from the path, bodies read under limits.
+//! - [`extract`]: the caller (bearer token), ids from the path.
+//! - [`upload`]: the ingest routes' requests as extractors — the chunk upload (path and headers
+//!   checked before its body is read, which only happens when the chunk is needed), the
+//!   find-missing digest list, index records.
+//! - [`body`]: request bodies read under limits (and the JSON body extractors), streamed answers
+//!   with `Range`.
 //! - [`drain`]: an HTTP/2 request body left unread by an early answer is read to its end (and
 //!   discarded) after the answer, so the stream ends cleanly (curl shows the error).
 //! - [`handlers`]: one function per route; each parses, calls one [`Repository`] method on a
@@ -10,10 +15,12 @@
 //! [`ROUTES`] is the list of (method, path) pairs the router serves; the OpenAPI document at
 //! `/v1/openapi.json` is checked against it by the tests.
 
+pub mod body;
 pub mod drain;
 pub mod extract;
 pub mod handlers;
 pub mod range;
+pub mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,7 +82,7 @@ impl AppState {
             drain_limit: [
                 config.limits.max_json_body,
                 config.limits.max_entries_body,
-                handlers::zstd_body_limit(config.limits.max_chunk_bytes),
+                upload::zstd_body_limit(config.limits.max_chunk_bytes),
                 config.http2.stream_window,
             ]
             .into_iter()
