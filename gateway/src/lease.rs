@@ -194,6 +194,12 @@ impl Fence {
     }
 }
 
+impl repo_server::store::WriteFence for Fence {
+    fn check(&self) -> io::Result<()> {
+        Fence::check(self)
+    }
+}
+
 /// A held lease; renewed (and taken back when lost) until dropped, then released.
 #[derive(Debug)]
 pub struct Lease {

@@ -1,7 +1,8 @@
 //! The repository's data on an SMB share, spoken to directly over SMB2/3 (the `smb2` crate; no
 //! kernel mount): [`Share`] implements the repository's [`BlobStore`] and [`ManifestStore`].
 //!
-//! Layout under the configured directory of the share (the same as a local repository's):
+//! Layout under the configured directory of the share (the same as a local repository's,
+//! [`repo_server::store::layout`]):
 //! `chunks/ab/cd/<hex>` (one zstd frame), `indexes/ab/<hex>`, `manifests/<backup id>.json`,
 //! `tmp/` (writes in progress), `quarantine/`, `gateway.lock` (the lease, see [`crate::lease`]).
 //!
@@ -13,14 +14,16 @@
 //!
 //! Connections: `connections` SMB sessions (default 4), each carrying one request at a time,
 //! used by whichever caller gets one first; measured on loopback, 4 connections write 301 MB/s of
-//! 1 MiB chunks against 184 MB/s for one (bench/RESULTS.md). A request that fails because the connection died (server restarted, network cut) is
-//! retried on a fresh connection, re-authenticated, for up to [`RETRY_FOR`]; after that the
-//! error is a network-kind `io::Error`, which the repository answers with 503. Every request is
+//! 1 MiB chunks against 184 MB/s for one (bench/RESULTS.md). A request that fails because the
+//! connection died (server restarted, network cut) is retried on a fresh connection,
+//! re-authenticated, backing off from 100 ms to 2 s ([`stdx::backoff::Backoff`]) for up to
+//! [`RETRY_FOR`]; after that the error is the store contract's "unreachable"
+//! ([`repo_server::store::unreachable`]), which the repository answers with 503. Every request is
 //! safe to repeat: writes go to a fresh temp name, a rename that finds its source gone checks
 //! whether its target is already there, deletes accept absence.
 //!
 //! Fencing: once a [`crate::lease::Lease`] is taken on a share, every request that changes it
-//! (writes, renames, deletes) asks the lease's [`Fence`] first, before each attempt, and fails
+//! (writes, renames, deletes) asks the lease's fence (a [`WriteFence`]) first, before each attempt, and fails
 //! with its reason when this gateway does not hold the lease; reads, directory creation and the
 //! lease file itself do not. A share opened without a lease (tests, the bench) is not fenced;
 //! the gateway binary takes the lease before anything writes.
@@ -32,15 +35,14 @@ use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use repo_server::config::ShareConfig;
-use repo_server::store::{BlobStore, ManifestStore};
+use repo_server::store::{layout, BlobStore, ManifestStore, Page, WriteFence};
 use schema::{BackupId, ChunkId};
 use smb2::client::{ClientConfig, RenameOptions, SmbClient, Tree};
 use smb2::error::ErrorKind;
-
-use crate::lease::Fence;
+use stdx::backoff::Backoff;
 
 /// How long a request is retried on fresh connections before it fails with a network error.
 pub const RETRY_FOR: Duration = Duration::from_secs(20);
@@ -78,7 +80,7 @@ pub struct Share {
     pub stats: ShareStats,
     retry_for: Duration,
     /// The lease's fence, once one is taken.
-    fence: OnceLock<Arc<Fence>>,
+    fence: OnceLock<Arc<dyn WriteFence>>,
 }
 
 /// Whether a request needs the lease: requests that change the repository's data do; reads,
@@ -185,7 +187,13 @@ impl Share {
         // are right (no retries: a wrong password should not take 20 s to say so).
         let first = share.block_on(share.connect())?;
         share.block_on(async { *share.conns[0].lock().await = Some(first) });
-        for d in ["chunks", "indexes", "manifests", "tmp", "quarantine"] {
+        for d in [
+            layout::CHUNKS.0,
+            layout::INDEXES.0,
+            layout::MANIFESTS,
+            layout::TMP,
+            layout::QUARANTINE,
+        ] {
             share.ensure_dir(&format!("{}{d}", share.prefix))?;
         }
         Ok(share)
@@ -225,7 +233,7 @@ impl Share {
     ///
     /// # Errors
     /// The share already has a lease.
-    pub fn fence_with(&self, fence: Arc<Fence>) -> io::Result<()> {
+    pub fn fence_with(&self, fence: Arc<dyn WriteFence>) -> io::Result<()> {
         self.fence.set(fence).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -249,8 +257,8 @@ impl Share {
         op: impl AsyncFn(&mut Conn) -> smb2::Result<T>,
     ) -> io::Result<T> {
         self.block_on(async {
-            let started = Instant::now();
-            let mut delay = Duration::from_millis(100);
+            let mut backoff =
+                Backoff::with(Duration::from_millis(100), Duration::from_secs(2), self.retry_for);
             loop {
                 if access == Access::Fenced {
                     self.check_fence()?;
@@ -274,15 +282,14 @@ impl Share {
                 };
                 *slot = None;
                 drop(slot);
-                if started.elapsed() + delay > self.retry_for {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        format!("{failure} (gave up after {:.0?})", started.elapsed()),
-                    ));
-                }
+                let Some(delay) = backoff.next_delay() else {
+                    return Err(repo_server::store::unreachable(format!(
+                        "{failure} (gave up after {:.0?})",
+                        backoff.elapsed()
+                    )));
+                };
                 tracing::warn!(error = %failure, "share request failed; retrying on a fresh connection");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
             }
         })
     }
@@ -326,8 +333,9 @@ impl Share {
     fn write(&self, path: &str, bytes: &[u8], replace: bool, access: Access) -> io::Result<bool> {
         let leaf = path.rsplit('/').next().unwrap_or(path);
         let tmp = format!(
-            "{}tmp/{leaf}.{}.{}",
+            "{}{}/{leaf}.{}.{}",
             self.prefix,
+            layout::TMP,
             std::process::id(),
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
@@ -425,7 +433,7 @@ impl Share {
     /// # Errors
     /// I/O errors.
     pub fn clean_tmp(&self) -> io::Result<usize> {
-        let dir = format!("{}tmp", self.prefix);
+        let dir = format!("{}{}", self.prefix, layout::TMP);
         let mut n = 0;
         for (name, is_dir) in self.names(&dir)? {
             if !is_dir {
@@ -464,20 +472,29 @@ impl Share {
 
     /// The [`BlobStore`] of chunk frames (`chunks/ab/cd/<hex>`).
     pub fn chunks(self: &Arc<Self>) -> ShareBlobs {
-        ShareBlobs {
-            share: self.clone(),
-            dir: "chunks",
-            levels: 2,
-        }
+        self.blobs(layout::CHUNKS)
     }
 
     /// The [`BlobStore`] of index blobs (`indexes/ab/<hex>`).
     pub fn indexes(self: &Arc<Self>) -> ShareBlobs {
+        self.blobs(layout::INDEXES)
+    }
+
+    fn blobs(self: &Arc<Self>, (dir, levels): (&'static str, usize)) -> ShareBlobs {
         ShareBlobs {
             share: self.clone(),
-            dir: "indexes",
-            levels: 1,
+            dir,
+            levels,
         }
+    }
+
+    fn manifest_path(&self, id: &BackupId) -> String {
+        format!(
+            "{}{}/{}",
+            self.prefix,
+            layout::MANIFESTS,
+            layout::manifest_name(id)
+        )
     }
 }
 
@@ -490,16 +507,13 @@ pub struct ShareBlobs {
 }
 
 impl ShareBlobs {
+    /// The directory of these blobs on the share.
+    fn root(&self) -> String {
+        format!("{}{}", self.share.prefix, self.dir)
+    }
+
     fn path(&self, id: &ChunkId) -> String {
-        let hex = id.hex();
-        let mut p = format!("{}{}", self.share.prefix, self.dir);
-        for level in 0..self.levels {
-            p.push('/');
-            p.push_str(&hex[level * 2..level * 2 + 2]);
-        }
-        p.push('/');
-        p.push_str(&hex);
-        p
+        format!("{}/{}", self.root(), layout::blob_path(id, self.levels))
     }
 }
 
@@ -527,26 +541,20 @@ impl BlobStore for ShareBlobs {
         self.share.remove(&self.path(id), Access::Fenced)
     }
 
-    fn list(&self) -> io::Result<Vec<ChunkId>> {
-        let mut out = Vec::new();
-        let mut stack = vec![(format!("{}{}", self.share.prefix, self.dir), 0usize)];
-        while let Some((dir, depth)) = stack.pop() {
-            for (name, is_dir) in self.share.names(&dir)? {
-                if depth < self.levels {
-                    if is_dir && name.len() == 2 {
-                        stack.push((format!("{dir}/{name}"), depth + 1));
-                    }
-                } else if let Some(raw) = schema::id::from_hex::<32>(&name) {
-                    out.push(ChunkId(raw));
-                }
+    fn list(&self, after: Option<&ChunkId>, limit: usize) -> io::Result<Page<ChunkId>> {
+        let root = self.root();
+        layout::list_tree(self.levels, after, limit, &mut |dir| {
+            if dir.is_empty() {
+                self.share.names(&root)
+            } else {
+                self.share.names(&format!("{root}/{dir}"))
             }
-        }
-        Ok(out)
+        })
     }
 
     fn quarantine(&self, id: &ChunkId) -> io::Result<()> {
         let from = self.path(id);
-        let to = format!("{}quarantine/{}", self.share.prefix, id.hex());
+        let to = format!("{}{}/{}", self.share.prefix, layout::QUARANTINE, id.hex());
         let opts = RenameOptions::new().replace_if_exists(true);
         match self
             .share
@@ -569,33 +577,26 @@ impl BlobStore for ShareBlobs {
 
 impl ManifestStore for Share {
     fn put_manifest(&self, id: &BackupId, json: &[u8]) -> io::Result<()> {
-        self.write(
-            &format!("{}manifests/{id}.json", self.prefix),
-            json,
-            true,
-            Access::Fenced,
-        )
-        .map(|_| ())
+        self.write(&self.manifest_path(id), json, true, Access::Fenced)
+            .map(|_| ())
     }
 
     fn get_manifest(&self, id: &BackupId) -> io::Result<Vec<u8>> {
-        self.read(&format!("{}manifests/{id}.json", self.prefix))
+        self.read(&self.manifest_path(id))
     }
 
     fn delete_manifest(&self, id: &BackupId) -> io::Result<()> {
-        self.remove(
-            &format!("{}manifests/{id}.json", self.prefix),
-            Access::Fenced,
-        )
+        self.remove(&self.manifest_path(id), Access::Fenced)
     }
 
-    fn list_manifests(&self) -> io::Result<Vec<BackupId>> {
-        Ok(self
-            .names(&format!("{}manifests", self.prefix))?
+    fn list_manifests(&self, after: Option<&BackupId>, limit: usize) -> io::Result<Page<BackupId>> {
+        let names = self
+            .names(&format!("{}{}", self.prefix, layout::MANIFESTS))?
             .into_iter()
-            .filter(|(_, d)| !d)
-            .filter_map(|(n, _)| n.strip_suffix(".json").and_then(|i| i.parse().ok()))
-            .collect())
+            .filter(|(_, is_dir)| !is_dir)
+            .map(|(name, _)| name)
+            .collect();
+        Ok(layout::list_manifests(names, after, limit))
     }
 }
 
@@ -608,7 +609,8 @@ fn retryable(e: &smb2::Error) -> bool {
         )
 }
 
-/// An SMB error as an `io::Error` of the kind the repository acts on.
+/// An SMB error as an `io::Error` of the kind the store contract gives it
+/// ([`repo_server::store::Fault`]).
 fn to_io(what: &str, e: &smb2::Error) -> io::Error {
     let kind = match e.kind() {
         ErrorKind::NotFound => io::ErrorKind::NotFound,

@@ -17,7 +17,7 @@
 //! removes unreferenced index blobs. It cannot conjure a chunk no file holds: a backup that
 //! references such a chunk stays reported until a mover re-sends it.
 //!
-//! Memory is bounded: everything is read in slices, one fan-out directory at a time.
+//! Memory is bounded: everything is read in slices (the store's listing, page by page).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,8 +27,9 @@ use schema::{ChunkId, SessionId};
 use serde_json::{json, Value};
 
 use crate::catalog::{counter, Catalog, ChunkMeta, PinRow};
-use crate::chunk_store::BlobDir;
 use crate::error::{Error, Result};
+use crate::store::local::{BlobDir, ManifestDir};
+use crate::store::{BlobStore, ManifestStore};
 
 const SLICE: usize = 4_096;
 /// Problems listed in full in the report (the counts are always complete).
@@ -162,12 +163,10 @@ impl Checker {
     /// manifest and the commit's batch) is a leftover too: `rescan` would adopt it, `--repair`
     /// removes it.
     fn manifest_files(&mut self) -> Result<()> {
-        use crate::store::ManifestStore;
-        let Ok(dir) = crate::store::ManifestDir::open_existing(self.manifests.clone()) else {
+        let Ok(dir) = ManifestDir::open_existing(self.manifests.clone()) else {
             return Ok(());
         };
-        let stored: HashSet<String> = dir
-            .list_manifests()?
+        let stored: HashSet<String> = crate::store::list_all(|a, n| dir.list_manifests(a, n))?
             .iter()
             .map(|b| b.to_string())
             .collect();
@@ -241,11 +240,10 @@ impl Checker {
                     self.r.leftover("chunks_marked_bad", 1);
                     continue;
                 }
-                let kind = match self.chunks.len(&id) {
-                    Ok(n) if n == m.stored_len => continue,
-                    Ok(_) => "chunk_files_wrong_size",
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => "chunk_files_missing",
-                    Err(e) => return Err(e.into()),
+                let kind = match self.chunks.len(&id)? {
+                    Some(n) if n == m.stored_len => continue,
+                    Some(_) => "chunk_files_wrong_size",
+                    None => "chunk_files_missing",
                 };
                 self.r.problem(kind, id.to_string());
                 if self.repair {
@@ -289,13 +287,13 @@ impl Checker {
         Ok(())
     }
 
-    /// Chunk files without a row: leftovers, moved to quarantine by `--repair` (one fan-out
-    /// directory at a time).
+    /// Chunk files without a row: leftovers, moved to quarantine by `--repair` (a slice of the
+    /// listing at a time).
     fn chunk_files(&mut self) -> Result<()> {
         let (mut files, mut orphans) = (0u64, 0u64);
         let (catalog, chunks, quarantine, repair) =
             (&self.catalog, &self.chunks, &self.quarantine, self.repair);
-        chunks.for_each_leaf(|ids| {
+        chunks.for_each_slice(SLICE, |ids| {
             files += ids.len() as u64;
             let metas = catalog.chunks(&ids)?;
             for (c, _) in ids.iter().zip(metas).filter(|(_, m)| m.is_none()) {
@@ -393,7 +391,7 @@ impl Checker {
         }
         // Index blobs no backup names.
         let mut orphans = Vec::new();
-        self.indexes.for_each_leaf(|ids| {
+        self.indexes.for_each_slice(SLICE, |ids| {
             orphans.extend(ids.into_iter().filter(|h| !live_indexes.contains(&h.hex())));
             Ok::<(), Error>(())
         })?;

@@ -6,12 +6,17 @@
 //! - Faults of our own (I/O, RocksDB, a task that panicked) become [`ErrorCode::Internal`] with
 //!   the cause logged server-side and a generic message sent to the client, except a full disk,
 //!   which is [`ErrorCode::StorageFull`] (507) because the operator can act on it.
+//! - Store errors are answered by what they mean ([`crate::store::Fault`], [`Error::storage`]):
+//!   storage that cannot be reached, or a fenced store, is [`ErrorCode::Unavailable`] (503, retry
+//!   later); full is 507; absent, corrupt or anything else is internal.
 //! - Bad input is decided before anything is written, so an error never leaves partial state.
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use schema::error::{ErrorBody, ErrorInfo};
 use schema::ErrorCode;
+
+use crate::store::Fault;
 
 /// A refused or failed request.
 #[derive(Debug)]
@@ -81,28 +86,31 @@ impl From<std::io::Error> for Error {
 }
 
 impl Error {
-    /// An I/O error of the data store while `context`: 507 when it is full, 503 when it cannot
-    /// be reached (a share whose server is down: clients retry) or refuses to write because it
-    /// is fenced (a gateway without its share's lease; the message says why), else internal.
+    /// An I/O error of the data store while `context`, answered by its [`Fault`]: 507 when the
+    /// storage is full, 503 when it cannot be reached (a share whose server is down: clients
+    /// retry) or refuses to write because it is fenced (a gateway without its share's lease; the
+    /// message says why), else internal (absent where the catalog names it, corrupt, other).
     pub fn storage(context: &str, e: std::io::Error) -> Error {
-        if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC) {
-            tracing::error!(error = %e, "storage full");
-            return Error::new(ErrorCode::StorageFull, "the repository's storage is full");
+        match crate::store::fault(&e) {
+            Fault::Full => {
+                tracing::error!(error = %e, "storage full");
+                Error::new(ErrorCode::StorageFull, "the repository's storage is full")
+            }
+            Fault::Fenced => {
+                tracing::warn!(error = %e, context, "store refuses to write");
+                Error::new(ErrorCode::Unavailable, format!("{e} (while {context})"))
+            }
+            Fault::Unreachable => {
+                tracing::warn!(error = %e, context, "storage unreachable");
+                Error::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the repository's storage cannot be reached while {context} ({e}); retry later"
+                    ),
+                )
+            }
+            Fault::NotFound | Fault::Corrupt | Fault::Other => Error::internal(context, e),
         }
-        if crate::store::is_fenced(&e) {
-            tracing::warn!(error = %e, context, "store refuses to write");
-            return Error::new(ErrorCode::Unavailable, format!("{e} (while {context})"));
-        }
-        if crate::store::is_unreachable(&e) {
-            tracing::warn!(error = %e, context, "storage unreachable");
-            return Error::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "the repository's storage cannot be reached while {context} ({e}); retry later"
-                ),
-            );
-        }
-        Error::internal(context, e)
     }
 }
 

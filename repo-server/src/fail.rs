@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 /// Every fail point, in write-path order.
 pub const POINTS: &[&str] = &[
-    // chunk_store::BlobDir::put (chunk files and index blobs)
+    // store::local::BlobDir::put (chunk files and index blobs)
     "blob.before_fsync",
     "blob.before_rename",
     "blob.after_rename",

@@ -5,8 +5,8 @@
 //! - [`error`]: the one error policy; [`error::Error`] maps to status and JSON body.
 //! - [`auth`]: bearer tokens → tenant and role; the generated admin token.
 //! - [`store`]: where the data lives — the `BlobStore` and `ManifestStore` traits and their
-//!   contract (the gateway implements them on an SMB share).
-//! - [`chunk_store`]: durable content-addressed files (chunks, index blobs): the local store.
+//!   contract ([`store::layout`]: the directory layout; [`store::local`]: the local
+//!   directory; the gateway implements them on an SMB share).
 //! - [`catalog`]: the RocksDB catalog: the typed column-family list, key layouts, typed rows
 //!   and write batches (by what is stored: sessions, chunks, backups, guest files).
 //! - [`check`]: the offline consistency check and repair (`repo-server check`).
@@ -26,7 +26,6 @@
 pub mod auth;
 pub mod catalog;
 pub mod check;
-pub mod chunk_store;
 pub mod cli;
 pub mod config;
 pub mod error;

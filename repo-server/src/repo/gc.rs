@@ -298,24 +298,22 @@ impl Repository {
     }
 
     /// Index blobs that no backup of the snapshot names and no commit since has marked. The
-    /// store is listed without any lock and the listing consumed a slice at a time; each slice
+    /// store is listed without any lock, page by page, and consumed a slice at a time; each slice
     /// of candidates is removed under the write lock after checking the marks again (see the
     /// module documentation for why this is safe).
     fn gc_sweep_indexes(&self, p: &Progress, live: &HashSet<String>) -> Result<u64> {
         p.set_phase("indexes");
         crate::fail::hit("gc.before_index_removal");
-        let listed = self
-            .indexes
-            .list()
-            .map_err(|e| Error::storage("listing index blobs", e))?;
         let mut removed = 0u64;
         let mut unnamed = Vec::with_capacity(SWEEP_SLICE);
-        for h in listed {
-            if !live.contains(&h.hex()) {
-                unnamed.push(h);
-            }
-            if unnamed.len() == SWEEP_SLICE {
-                removed += self.remove_unmarked_indexes(&std::mem::take(&mut unnamed))?;
+        for listed in crate::store::pages(SWEEP_SLICE, |after, n| self.indexes.list(after, n)) {
+            for h in listed.map_err(|e| Error::storage("listing index blobs", e))? {
+                if !live.contains(&h.hex()) {
+                    unnamed.push(h);
+                }
+                if unnamed.len() == SWEEP_SLICE {
+                    removed += self.remove_unmarked_indexes(&std::mem::take(&mut unnamed))?;
+                }
             }
         }
         removed += self.remove_unmarked_indexes(&unnamed)?;

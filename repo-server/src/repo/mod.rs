@@ -46,11 +46,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use schema::{ChunkId, SessionId};
 
 use crate::catalog::Catalog;
-use crate::chunk_store::BlobDir;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::{BlobStore, ManifestDir, ManifestStore};
+use crate::store::local::{BlobDir, ManifestDir};
+use crate::store::{layout, BlobStore, ManifestStore};
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> i64 {
@@ -195,11 +195,13 @@ impl Stores {
     /// # Errors
     /// I/O errors creating the directories.
     pub fn local(data: &std::path::Path) -> Result<Stores> {
-        let tmp = data.join("tmp");
+        let tmp = data.join(layout::TMP);
+        let blobs =
+            |(dir, levels): (&str, usize)| BlobDir::open(data.join(dir), tmp.clone(), levels);
         Ok(Stores {
-            chunks: Arc::new(BlobDir::open(data.join("chunks"), tmp.clone(), 2)?),
-            indexes: Arc::new(BlobDir::open(data.join("indexes"), tmp.clone(), 1)?),
-            manifests: Arc::new(ManifestDir::open(data.join("manifests"), tmp)?),
+            chunks: Arc::new(blobs(layout::CHUNKS)?),
+            indexes: Arc::new(blobs(layout::INDEXES)?),
+            manifests: Arc::new(ManifestDir::open(data.join(layout::MANIFESTS), tmp)?),
         })
     }
 }

@@ -39,9 +39,7 @@ impl Repository {
     pub fn rescan(&self, progress: &mut dyn FnMut(&RescanReport)) -> Result<RescanReport> {
         let _gc = self.gc.write().unwrap_or_else(|e| e.into_inner());
         let mut report = RescanReport::default();
-        let mut ids = self
-            .manifests
-            .list_manifests()
+        let mut ids = crate::store::list_all(|after, n| self.manifests.list_manifests(after, n))
             .map_err(|e| Error::storage("listing manifests", e))?;
         ids.sort();
         report.manifests = ids.len() as u64;

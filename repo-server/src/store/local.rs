@@ -1,8 +1,10 @@
-//! Content-addressed files: chunks (`chunks/ab/cd/<64 hex>`, one zstd frame each) and index
-//! blobs (`indexes/ab/<64 hex>`, one 32-byte id per block).
+//! The local store: content-addressed files in a directory tree ([`BlobDir`]: chunks as
+//! `chunks/ab/cd/<64 hex>`, one zstd frame each; index blobs as `indexes/ab/<64 hex>`, one
+//! 32-byte id per block) and manifests as `manifests/<backup id>.json` ([`ManifestDir`]), in the
+//! [`layout`] the SMB share uses too.
 //!
 //! Durability: a file is written to `tmp/` under a unique name, fsynced, renamed into place and
-//! its directory fsynced before [`BlobDir::put`] returns, so a name that exists always holds
+//! its directory fsynced before [`BlobStore::put`] returns, so a name that exists always holds
 //! complete content. Duplicate policy: the name is the blake3 of the content, so writing a name
 //! that already exists is a no-op that reports `false`. Names come only from parsed [`ChunkId`]s,
 //! never from request text, so nothing outside the data dir can be named.
@@ -14,7 +16,10 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use schema::ChunkId;
+use schema::{BackupId, ChunkId};
+use stdx::durable::sync_dir;
+
+use super::{layout, BlobStore, ManifestStore, Page};
 
 /// One directory of content-addressed files.
 #[derive(Debug)]
@@ -64,82 +69,14 @@ impl BlobDir {
         }
     }
 
-    /// Calls `f` with the ids of each leaf directory in turn (memory: one directory's names).
-    ///
-    /// # Errors
-    /// I/O errors reading directories; errors from `f`.
-    pub fn for_each_leaf<E: From<io::Error>>(
-        &self,
-        mut f: impl FnMut(Vec<ChunkId>) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let mut stack = vec![(self.root.clone(), 0usize)];
-        while let Some((dir, depth)) = stack.pop() {
-            let mut ids = Vec::new();
-            for entry in fs::read_dir(&dir)? {
-                let entry = entry?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if depth < self.levels {
-                    if entry.file_type()?.is_dir() && name.len() == 2 {
-                        stack.push((entry.path(), depth + 1));
-                    }
-                } else if let Some(raw) = schema::id::from_hex::<32>(&name) {
-                    ids.push(ChunkId(raw));
-                }
-            }
-            if !ids.is_empty() {
-                f(ids)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Where the file of `id` lives.
     pub fn path(&self, id: &ChunkId) -> PathBuf {
-        let hex = id.hex();
-        let mut p = self.root.clone();
-        for level in 0..self.levels {
-            p.push(&hex[level * 2..level * 2 + 2]);
-        }
-        p.push(hex);
-        p
+        self.root.join(layout::blob_path(id, self.levels))
     }
 
     /// Whether the file of `id` exists.
     pub fn exists(&self, id: &ChunkId) -> bool {
         self.path(id).is_file()
-    }
-
-    /// Reads the whole file of `id`.
-    ///
-    /// # Errors
-    /// `NotFound` when absent, other I/O errors.
-    pub fn get(&self, id: &ChunkId) -> io::Result<Vec<u8>> {
-        fs::read(self.path(id))
-    }
-
-    /// Size of the file of `id`.
-    ///
-    /// # Errors
-    /// `NotFound` when absent.
-    pub fn len(&self, id: &ChunkId) -> io::Result<u64> {
-        fs::metadata(self.path(id)).map(|m| m.len())
-    }
-
-    /// Writes `bytes` as the file of `id`, durably. Returns `false` when it already existed.
-    ///
-    /// # Errors
-    /// I/O errors (a full disk among them); nothing is left behind on error.
-    pub fn put(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<bool> {
-        self.write(id, bytes, false)
-    }
-
-    /// Writes `bytes` as the file of `id` durably, replacing it in one rename if it exists.
-    ///
-    /// # Errors
-    /// I/O errors; the old file or the new one is in place, never a mix.
-    pub fn replace(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<()> {
-        self.write(id, bytes, true).map(|_| ())
     }
 
     fn write(&self, id: &ChunkId, bytes: &[u8], replace: bool) -> io::Result<bool> {
@@ -166,6 +103,8 @@ impl BlobDir {
             std::process::id(),
             n
         ));
+        // The steps of `stdx::durable::persist`, spelt out so the crash tests' fail points sit
+        // between them.
         let mut guard = TempGuard(Some(&tmp));
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -180,28 +119,20 @@ impl BlobDir {
         Ok(true)
     }
 
-    /// Removes the file of `id` (absent is fine).
+    /// The ids with a file, in slices of at most `slice` (ascending; memory: one slice and one
+    /// directory's names).
     ///
     /// # Errors
-    /// I/O errors other than `NotFound`.
-    pub fn delete(&self, id: &ChunkId) -> io::Result<()> {
-        match fs::remove_file(self.path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+    /// I/O errors reading directories; errors from `f`.
+    pub fn for_each_slice<E: From<io::Error>>(
+        &self,
+        slice: usize,
+        mut f: impl FnMut(Vec<ChunkId>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for ids in super::pages(slice, |after, n| self.list(after, n)) {
+            f(ids?)?;
         }
-    }
-
-    /// Every id with a file, in no particular order (file names that are not ids are skipped).
-    ///
-    /// # Errors
-    /// I/O errors reading directories.
-    pub fn list(&self) -> io::Result<Vec<ChunkId>> {
-        let mut out = Vec::new();
-        self.for_each_leaf(|ids| {
-            out.extend(ids);
-            Ok::<(), io::Error>(())
-        })?;
-        Ok(out)
+        Ok(())
     }
 
     /// The temp directory's files that belong to this directory (left by an interrupted write).
@@ -223,17 +154,17 @@ impl BlobDir {
     }
 }
 
-impl crate::store::BlobStore for BlobDir {
+impl BlobStore for BlobDir {
     fn put(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<bool> {
-        BlobDir::put(self, id, bytes)
+        self.write(id, bytes, false)
     }
 
     fn replace(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<()> {
-        BlobDir::replace(self, id, bytes)
+        self.write(id, bytes, true).map(|_| ())
     }
 
     fn get(&self, id: &ChunkId) -> io::Result<Vec<u8>> {
-        BlobDir::get(self, id)
+        fs::read(self.path(id))
     }
 
     fn stream(
@@ -254,23 +185,29 @@ impl crate::store::BlobStore for BlobDir {
     }
 
     fn len(&self, id: &ChunkId) -> io::Result<Option<u64>> {
-        match BlobDir::len(self, id) {
-            Ok(n) => Ok(Some(n)),
+        match fs::metadata(self.path(id)) {
+            Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     fn delete(&self, id: &ChunkId) -> io::Result<()> {
-        BlobDir::delete(self, id)
+        remove(&self.path(id))
     }
 
-    fn list(&self) -> io::Result<Vec<ChunkId>> {
-        BlobDir::list(self)
+    fn list(&self, after: Option<&ChunkId>, limit: usize) -> io::Result<Page<ChunkId>> {
+        layout::list_tree(self.levels, after, limit, &mut |dir| {
+            read_dir(&self.root.join(dir))
+        })
     }
 
     fn quarantine(&self, id: &ChunkId) -> io::Result<()> {
-        let q = self.root.parent().unwrap_or(&self.root).join("quarantine");
+        let q = self
+            .root
+            .parent()
+            .unwrap_or(&self.root)
+            .join(layout::QUARANTINE);
         fs::create_dir_all(&q)?;
         match fs::rename(self.path(id), q.join(id.hex())) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -283,18 +220,108 @@ impl crate::store::BlobStore for BlobDir {
     }
 }
 
+/// Manifests as `manifests/<backup id>.json` in a local directory.
+#[derive(Debug)]
+pub struct ManifestDir {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl ManifestDir {
+    /// Opens (creating) `root`; temp files go to `tmp`.
+    ///
+    /// # Errors
+    /// I/O errors creating the directory.
+    pub fn open(root: PathBuf, tmp: PathBuf) -> io::Result<ManifestDir> {
+        fs::create_dir_all(&root)?;
+        fs::create_dir_all(&tmp)?;
+        Ok(ManifestDir { root, tmp })
+    }
+
+    /// A handle on an existing directory that creates nothing (for the offline check).
+    ///
+    /// # Errors
+    /// `NotFound` when the directory does not exist.
+    pub fn open_existing(root: PathBuf) -> io::Result<ManifestDir> {
+        if !root.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no manifests directory",
+            ));
+        }
+        let tmp = root.parent().unwrap_or(&root).join(layout::TMP);
+        Ok(ManifestDir { root, tmp })
+    }
+
+    fn path(&self, id: &BackupId) -> PathBuf {
+        self.root.join(layout::manifest_name(id))
+    }
+}
+
+impl ManifestStore for ManifestDir {
+    fn put_manifest(&self, id: &BackupId, json: &[u8]) -> io::Result<()> {
+        let tmp = self
+            .tmp
+            .join(format!("manifest.{id}.{}", std::process::id()));
+        let written = File::create(&tmp).and_then(|mut f| {
+            f.write_all(json)?;
+            stdx::durable::persist(f, &tmp, &self.path(id))
+        });
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    fn get_manifest(&self, id: &BackupId) -> io::Result<Vec<u8>> {
+        fs::read(self.path(id))
+    }
+
+    fn delete_manifest(&self, id: &BackupId) -> io::Result<()> {
+        remove(&self.path(id))?;
+        sync_dir(&self.root)
+    }
+
+    fn list_manifests(&self, after: Option<&BackupId>, limit: usize) -> io::Result<Page<BackupId>> {
+        let names = read_dir(&self.root)?
+            .into_iter()
+            .filter(|(_, is_dir)| !is_dir)
+            .map(|(name, _)| name)
+            .collect();
+        Ok(layout::list_manifests(names, after, limit))
+    }
+}
+
+/// Removes `path`; absent is fine.
+fn remove(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The entries of `dir` as (name, is a directory); empty when it does not exist. Names that are
+/// not UTF-8 are left out (no store writes them).
+fn read_dir(dir: &Path) -> io::Result<Vec<(String, bool)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if let Ok(name) = entry.file_name().into_string() {
+            out.push((name, entry.file_type()?.is_dir()));
+        }
+    }
+    Ok(out)
+}
+
 fn root_tag(root: &Path) -> String {
     root.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// fsync of a directory, so a rename or create inside it is durable.
-///
-/// # Errors
-/// I/O errors.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -314,7 +341,7 @@ mod tests {
             .path()
             .join(format!("chunks/{}/{}/{hex}", &hex[..2], &hex[2..4]))
             .is_file());
-        assert_eq!(s.list().expect("list"), vec![id]);
+        assert_eq!(s.list(None, 10).expect("list"), Page::of(vec![id], 10));
         assert_eq!(fs::read_dir(d.path().join("tmp")).expect("tmp").count(), 0);
         s.delete(&id).expect("delete");
         s.delete(&id).expect("delete again");

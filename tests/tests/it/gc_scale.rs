@@ -10,7 +10,8 @@
 use std::time::{Duration, Instant};
 
 use repo_server::catalog::{counter, Catalog, ChunkMeta};
-use repo_server::chunk_store::BlobDir;
+use repo_server::store::local::BlobDir;
+use repo_server::store::BlobStore;
 use schema::api::{BackupStats, Manifest, ManifestDisk};
 use schema::ChunkId;
 use tests::jobs::run_job;

@@ -279,13 +279,17 @@ impl repo_server::store::BlobStore for ListingGate {
     fn delete(&self, id: &schema::ChunkId) -> std::io::Result<()> {
         self.inner.delete(id)
     }
-    fn list(&self) -> std::io::Result<Vec<schema::ChunkId>> {
+    fn list(
+        &self,
+        after: Option<&schema::ChunkId>,
+        limit: usize,
+    ) -> std::io::Result<repo_server::store::Page<schema::ChunkId>> {
         let signals = self.gate.lock().unwrap().take();
         if let Some((began, go_on)) = signals {
             let _ = began.send(());
             let _ = go_on.recv_timeout(Duration::from_secs(60));
         }
-        self.inner.list()
+        self.inner.list(after, limit)
     }
     fn quarantine(&self, id: &schema::ChunkId) -> std::io::Result<()> {
         self.inner.quarantine(id)

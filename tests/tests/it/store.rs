@@ -1,5 +1,5 @@
 //! The store conformance suite: the contract of `repo_server::store` (durable put-if-absent,
-//! replace, get/stream/len, idempotent delete, list, quarantine, manifests; concurrent writers;
+//! replace, get/stream/len, idempotent delete, list in pages, quarantine, manifests; concurrent writers;
 //! nothing left half-written) checked against every implementation: the local directory of
 //! `repo-server` and the gateway's SMB share on a real Samba server.
 
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use gateway::samba::Samba;
 use gateway::share::Share;
 use repo_server::repo::Stores;
+use repo_server::store::{list_all, pages, Page};
 use schema::{BackupId, ChunkId};
 use tests::images::noise;
 
@@ -63,8 +64,29 @@ fn conformance(s: &Stores, tmp_files: &dyn Fn() -> usize) {
         assert!(s.chunks.put(&c, &d).unwrap());
         want.insert(c);
     }
-    let listed: BTreeSet<ChunkId> = s.chunks.list().unwrap().into_iter().collect();
+    let listed: BTreeSet<ChunkId> = list_all(|a, n| s.chunks.list(a, n))
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(listed, want);
+    // In pages: ascending, each id once, `next` until the end.
+    let paged: Vec<ChunkId> = pages(7, |a, n| s.chunks.list(a, n))
+        .inspect(|p| assert!(p.as_ref().unwrap().len() <= 7))
+        .flat_map(Result::unwrap)
+        .collect();
+    assert_eq!(paged, want.iter().copied().collect::<Vec<_>>());
+    let first = s.chunks.list(None, 3).unwrap();
+    assert_eq!(first.ids.len(), 3);
+    assert_eq!(first.next.as_ref(), first.ids.last());
+    let rest = s.chunks.list(first.next.as_ref(), 1000).unwrap();
+    assert_eq!((rest.ids.len(), rest.next), (want.len() - 3, None));
+    assert_eq!(
+        s.chunks.list(want.last(), 10).unwrap(),
+        Page {
+            ids: vec![],
+            next: None
+        }
+    );
     // Delete is idempotent; quarantine moves aside.
     let victim = *want.iter().nth(5).unwrap();
     s.chunks.delete(&victim).unwrap();
@@ -73,17 +95,25 @@ fn conformance(s: &Stores, tmp_files: &dyn Fn() -> usize) {
     let suspect = *want.iter().nth(6).unwrap();
     s.chunks.quarantine(&suspect).unwrap();
     assert_eq!(s.chunks.len(&suspect).unwrap(), None);
-    assert_eq!(s.chunks.list().unwrap().len(), want.len() - 2);
+    assert_eq!(
+        list_all(|a, n| s.chunks.list(a, n)).unwrap().len(),
+        want.len() - 2
+    );
     // Manifests: write, replace, list, read, delete (twice).
     let m1: BackupId = "20261125T000000Z-00000001".parse().unwrap();
     let m2: BackupId = "20261125T000001Z-00000002".parse().unwrap();
-    assert!(s.manifests.list_manifests().unwrap().is_empty());
+    let manifests = || list_all(|a, n| s.manifests.list_manifests(a, n)).unwrap();
+    assert!(manifests().is_empty());
     s.manifests.put_manifest(&m1, b"{\"v\":1}").unwrap();
     s.manifests.put_manifest(&m1, b"{\"v\":2}").unwrap();
     s.manifests.put_manifest(&m2, b"{}").unwrap();
-    let mut l = s.manifests.list_manifests().unwrap();
+    let mut l = manifests();
     l.sort();
     assert_eq!(l, vec![m1.clone(), m2.clone()]);
+    let one = s.manifests.list_manifests(None, 1).unwrap();
+    assert_eq!(one.ids.len(), 1);
+    let two = s.manifests.list_manifests(one.next.as_ref(), 1).unwrap();
+    assert_ne!(one.ids, two.ids, "the second page starts after the first");
     assert_eq!(s.manifests.get_manifest(&m1).unwrap(), b"{\"v\":2}");
     s.manifests.delete_manifest(&m1).unwrap();
     s.manifests.delete_manifest(&m1).unwrap();
@@ -91,7 +121,7 @@ fn conformance(s: &Stores, tmp_files: &dyn Fn() -> usize) {
         s.manifests.get_manifest(&m1).unwrap_err().kind(),
         ErrorKind::NotFound
     );
-    assert_eq!(s.manifests.list_manifests().unwrap(), vec![m2]);
+    assert_eq!(manifests(), vec![m2]);
     // Concurrent writers, overlapping names: every name ends up whole.
     let names: Vec<(ChunkId, Vec<u8>)> = (0..40).map(|i| blob(50_000, 1000 + i)).collect();
     let names = Arc::new(names);
