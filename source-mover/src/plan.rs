@@ -104,7 +104,7 @@ pub fn index_files(disk: &dyn BlockSource, unindexed: &[Unindexed]) -> Result<Fi
                 u.probe, u.part.start
             ))
         };
-        let probe = guest::probe_named(u.probe).ok_or_else(gone)?;
+        let probe = guest::probes::probe_named(u.probe).ok_or_else(gone)?;
         let Probed::Found(g) = probe.probe(disk, &u.part)? else {
             return Err(gone());
         };
@@ -191,7 +191,7 @@ fn probe_partition(
     walk_now: bool,
     tally: &mut Tally,
 ) -> Result<bool> {
-    for probe in guest::PROBES {
+    for probe in guest::probes::PROBES {
         let g = match probe.probe(disk, p)? {
             Probed::NotMine => continue,
             Probed::ReadInFull(why) => {

@@ -1,8 +1,8 @@
 //! Guest file systems: the seam between a disk's bytes and what the guest keeps in them.
 //!
 //! The plan ([`crate::plan`]) reads the partition table ([`partition`]), then offers each sound
-//! partition (the whole disk when there is no table) to the probes of [`PROBES`], in order.
-//! The first probe that recognises the partition answers for it ([`Probe::probe`]):
+//! partition (the whole disk when there is no table) to the probes of [`probes::PROBES`], in
+//! order. The first probe that recognises the partition answers for it ([`Probe::probe`]):
 //!
 //! - [`Probed::NotMine`]: not this file system; the next probe is asked;
 //! - [`Probed::ReadInFull`]: this file system (or labelled as it) but not one this reader can
@@ -16,13 +16,14 @@
 //! reads more, never less (metadata that fails a checksum never drops a block).
 //!
 //! Adding a file system (NTFS next) is one module here that implements [`Probe`] and [`Guest`]
-//! (and [`FileTree`] when it has files to index), and one line in [`PROBES`]; nothing else
-//! knows about any file system. The order of [`PROBES`] matters only for a partition that two
-//! probes would both claim: the first one wins.
+//! (and [`FileTree`] when it has files to index), and one line in [`probes::PROBES`]; nothing
+//! else knows about any file system. The order of [`probes::PROBES`] matters only for a
+//! partition that two probes would both claim: the first one wins.
 
 pub mod ext4;
 pub mod glob;
 pub mod partition;
+pub mod probes;
 pub mod swap;
 
 use schema::files::FileEntry;
@@ -70,7 +71,7 @@ pub enum Probed<'a> {
     Found(Box<dyn Guest + 'a>),
 }
 
-/// Recognises one kind of file system. Probes are stateless values in [`PROBES`].
+/// Recognises one kind of file system. Probes are stateless values in [`probes::PROBES`].
 pub trait Probe: Sync {
     /// The file system's name, for messages ("ext2/3/4", "Linux swap").
     fn name(&self) -> &'static str;
@@ -130,14 +131,6 @@ pub trait FileTree {
     /// # Errors
     /// I/O errors reading metadata.
     fn walk(&self, excludes: &[String]) -> Result<FileWalk>;
-}
-
-/// The probes, in the order they are asked.
-pub static PROBES: &[&dyn Probe] = &[&ext4::Ext4Probe, &swap::SwapProbe];
-
-/// The probe of [`PROBES`] with this [`Probe::name`].
-pub fn probe_named(name: &str) -> Option<&'static dyn Probe> {
-    PROBES.iter().copied().find(|p| p.name() == name)
 }
 
 /// Serialises a file index as JSON lines (what is uploaded).
