@@ -2,6 +2,7 @@
 //! streams), large flow-control windows, retries with exponential backoff for network faults and
 //! 429/502/503/504, and an optional byte-rate limit on chunk uploads.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,15 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use schema::api::{
+    BackupList, CommitRequest, CommitResponse, CreateSession, FileListing, Manifest, SearchResults,
+    SessionStatus,
+};
+use schema::query::encode;
+use schema::{BackupId, ChunkId, SessionId};
 use serde::de::DeserializeOwned;
+use stdx::backoff::Backoff;
+use stdx::rate::TokenBucket;
 
 use crate::error::{Error, Result};
 
@@ -37,32 +46,25 @@ impl Answer {
     }
 }
 
-/// Limits bytes per second with a token bucket (burst: one second's worth).
+/// Limits upload bytes per second with a [`TokenBucket`] (burst: one second's worth).
 #[derive(Debug)]
 pub struct RateLimit {
-    rate: f64,
-    state: tokio::sync::Mutex<(f64, Instant)>,
+    bucket: tokio::sync::Mutex<TokenBucket>,
 }
 
 impl RateLimit {
     /// A limit of `bytes_per_second`.
     pub fn new(bytes_per_second: u64) -> RateLimit {
-        let rate = bytes_per_second.max(1) as f64;
         RateLimit {
-            rate,
-            state: tokio::sync::Mutex::new((rate, Instant::now())),
+            bucket: tokio::sync::Mutex::new(TokenBucket::new(bytes_per_second)),
         }
     }
 
     /// Waits until `n` bytes may be sent.
     pub async fn take(&self, n: usize) {
-        let mut s = self.state.lock().await;
-        let now = Instant::now();
-        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate);
-        s.1 = now;
-        s.0 -= n as f64;
-        if s.0 < 0.0 {
-            let wait = Duration::from_secs_f64(-s.0 / self.rate);
+        let mut b = self.bucket.lock().await;
+        let wait = b.take(n as u64, Instant::now());
+        if !wait.is_zero() {
             // Holding the lock while sleeping serialises senders, which is what a limit means.
             tokio::time::sleep(wait).await;
         }
@@ -155,17 +157,18 @@ impl RepoClient {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<Answer> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(self.retry_for);
         loop {
             match self.once(method.clone(), path, headers, body.clone()).await {
-                Err(e) if e.is_retryable() && started.elapsed() + delay < self.retry_for => {
+                Err(e) if e.is_retryable() => {
+                    let Some(delay) = backoff.next_delay() else {
+                        return Err(e);
+                    };
                     eprintln!(
                         "source-mover: {e}; retrying {method} {path} in {:.1}s",
                         delay.as_secs_f64()
                     );
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
                 other => return other,
             }
@@ -241,19 +244,20 @@ impl RepoClient {
     /// The repository's refusal, a write error on `out`, or the last network error once the retry
     /// time is spent.
     pub async fn download(&self, path: &str, out: &mut (dyn std::io::Write + Send)) -> Result<u64> {
-        let started = Instant::now();
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(self.retry_for);
         let mut done = 0u64;
         loop {
             match self.download_from(path, &mut done, out).await {
                 Ok(()) => return Ok(done),
-                Err(e) if e.is_retryable() && started.elapsed() + delay < self.retry_for => {
+                Err(e) if e.is_retryable() => {
+                    let Some(delay) = backoff.next_delay() else {
+                        return Err(e);
+                    };
                     eprintln!(
                         "source-mover: {e}; resuming GET {path} at byte {done} in {:.1}s",
                         delay.as_secs_f64()
                     );
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => return Err(e),
             }
@@ -347,15 +351,64 @@ impl RepoClient {
         )
         .await
     }
+}
 
-    /// Uploads one chunk frame, under the rate limit.
+/// The protocol's calls, typed: request bodies are the `schema` types, answers are decoded
+/// into them. Session ids are [`SessionId`]s, backups [`BackupId`]s.
+impl RepoClient {
+    /// `PUT /v1/sessions/{id}`: creates the session (repeating it with the same parameters is
+    /// harmless).
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn create_session(&self, id: &SessionId, body: &CreateSession) -> Result<()> {
+        self.send_json(Method::PUT, &format!("/v1/sessions/{id}"), body)
+            .await
+            .map(drop)
+    }
+
+    /// `GET /v1/sessions/{id}`.
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`] (404 for a session the repository does not know).
+    pub async fn session_status(&self, id: &SessionId) -> Result<SessionStatus> {
+        self.get_json(&format!("/v1/sessions/{id}")).await
+    }
+
+    /// `POST /v1/sessions/{id}/find-missing` (binary form): which of `ids` the repository lacks;
+    /// the others are pinned to the session. Asks in parts of at most 65,536 digests.
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn find_missing(
+        &self,
+        session: &SessionId,
+        ids: &[ChunkId],
+    ) -> Result<HashSet<ChunkId>> {
+        let mut missing = HashSet::new();
+        for part in ids.chunks(65_536) {
+            let body: Vec<u8> = part.iter().flat_map(|c| c.0).collect();
+            let a = self
+                .send(
+                    Method::POST,
+                    &format!("/v1/sessions/{session}/find-missing"),
+                    &[("content-type", OCTET)],
+                    body.into(),
+                )
+                .await?;
+            missing.extend(a.body.chunks_exact(32).filter_map(ChunkId::from_slice));
+        }
+        Ok(missing)
+    }
+
+    /// Uploads one chunk frame (zstd) of `raw_len` uncompressed bytes, under the rate limit.
     ///
     /// # Errors
     /// See [`RepoClient::send`].
     pub async fn put_chunk(
         &self,
-        session: &str,
-        id: &schema::ChunkId,
+        session: &SessionId,
+        id: &ChunkId,
         frame: Bytes,
         raw_len: usize,
     ) -> Result<Answer> {
@@ -375,7 +428,147 @@ impl RepoClient {
         )
         .await
     }
+
+    /// `PUT /v1/sessions/{id}/disks/{disk}/entries?start=N`: appends encoded index records after
+    /// the first `start`; returns how many records the repository then holds (`Index-Entries`).
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn append(
+        &self,
+        session: &SessionId,
+        disk: &str,
+        start: u64,
+        records: Bytes,
+    ) -> Result<u64> {
+        let path = format!("/v1/sessions/{session}/disks/{disk}/entries?start={start}");
+        let a = self
+            .send(Method::PUT, &path, &[("content-type", OCTET)], records)
+            .await?;
+        Ok(a.headers
+            .get("index-entries")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// `POST /v1/sessions/{id}/commit`.
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`]; `MISSING_CHUNKS` (422) lists chunks the repository lacks.
+    pub async fn commit(&self, session: &SessionId, body: &CommitRequest) -> Result<BackupId> {
+        self.send_json(
+            Method::POST,
+            &format!("/v1/sessions/{session}/commit"),
+            body,
+        )
+        .await?
+        .json::<CommitResponse>()
+        .map(|r| r.backup_id)
+    }
+
+    /// `GET /v1/backups/{id}`: the manifest.
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`] (404 for an unknown backup).
+    pub async fn manifest(&self, id: &str) -> Result<Manifest> {
+        self.get_json(&format!("/v1/backups/{id}")).await
+    }
+
+    /// `GET /v1/backups`: up to `limit` manifests, newest first, of `source` or of all sources.
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn backups(&self, source: Option<&str>, limit: usize) -> Result<BackupList> {
+        let mut path = format!("/v1/backups?limit={limit}");
+        if let Some(s) = source {
+            path.push_str(&format!("&source={}", encode(s)));
+        }
+        self.get_json(&path).await
+    }
+
+    /// The newest backup of `source` (or of any source), if there is one.
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn latest(&self, source: Option<&str>) -> Result<Option<Manifest>> {
+        let q = match source {
+            Some(s) => format!("/v1/backups?source={}&limit=1", encode(s)),
+            None => "/v1/backups?limit=1".to_string(),
+        };
+        Ok(self
+            .get_json::<BackupList>(&q)
+            .await?
+            .backups
+            .into_iter()
+            .next())
+    }
+
+    /// `GET /v1/backups/{id}/disks/{disk}/index`: the index blob, one 32-byte id per block.
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn disk_index(&self, backup: &str, disk: &str) -> Result<Bytes> {
+        let path = format!("/v1/backups/{backup}/disks/{disk}/index");
+        Ok(self.send(Method::GET, &path, &[], Bytes::new()).await?.body)
+    }
+
+    /// `GET /v1/chunks/{id}`: the stored frame of one chunk.
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn chunk(&self, id: &ChunkId) -> Result<Bytes> {
+        let path = format!("/v1/chunks/{id}");
+        Ok(self.send(Method::GET, &path, &[], Bytes::new()).await?.body)
+    }
+
+    /// `GET /v1/backups/{id}/files?path=..&depth=..` (`fs_query` selects disk and partition).
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn files(
+        &self,
+        backup: &BackupId,
+        path: &str,
+        depth: u32,
+        fs_query: &str,
+    ) -> Result<FileListing> {
+        self.get_json(&format!(
+            "/v1/backups/{backup}/files?path={}&depth={depth}{fs_query}",
+            encode(path)
+        ))
+        .await
+    }
+
+    /// Streams the content of guest file `path` of `backup` into `out`; returns its length.
+    ///
+    /// # Errors
+    /// See [`RepoClient::download`].
+    pub async fn file_content(
+        &self,
+        backup: &BackupId,
+        path: &str,
+        fs_query: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64> {
+        let url = format!(
+            "/v1/backups/{backup}/files/content?path={}{fs_query}",
+            encode(path)
+        );
+        self.download(&url, out).await
+    }
+
+    /// One page of `GET /v1/search` (`query`: the encoded `name=..&..` filters).
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn search(&self, query: &str, limit: usize, after: usize) -> Result<SearchResults> {
+        self.get_json(&format!("/v1/search?{query}&limit={limit}&after={after}"))
+            .await
+    }
 }
+
+/// The content type of chunk-id lists and index records.
+const OCTET: &str = "application/octet-stream";
 
 /// The error for a non-2xx answer: the protocol's code and message when the body has them.
 fn refusal(status: StatusCode, body: &[u8]) -> Error {

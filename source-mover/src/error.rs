@@ -76,3 +76,18 @@ impl Error {
         }
     }
 }
+
+/// Runs blocking work (file reads and writes, fsyncs, hashing, compression) on tokio's blocking
+/// pool, so it never stalls the async coordinator; `what` names the work if its thread dies.
+///
+/// # Errors
+/// The work's own error, or [`Error::Invalid`] when its thread panicked.
+pub(crate) async fn blocking<T, F>(what: &str, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Invalid(format!("{what} failed: {e}")))?
+}

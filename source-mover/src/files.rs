@@ -2,12 +2,15 @@
 //! answers as `GET /v1/backups/{id}/files`, `.../files/content` and `GET /v1/search`, with
 //! `latest` resolved, search pages followed, and listings printed like `ls -l`.
 
+use std::fmt;
+use std::path::Path;
+
 use schema::api::{FileListing, SearchHit, SearchResults};
 use schema::files::FileKind;
 use schema::query::encode;
 
 use crate::client::RepoClient;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::restore::resolve;
 
 /// Which file system of a backup: by default the first indexed one of the first indexed disk.
@@ -45,14 +48,7 @@ pub async fn list(
     fs: &FileSystem,
 ) -> Result<FileListing> {
     let m = resolve(client, backup, source).await?;
-    client
-        .get_json(&format!(
-            "/v1/backups/{}/files?path={}&depth={depth}{}",
-            m.id,
-            encode(path),
-            fs.query()
-        ))
-        .await
+    client.files(&m.id, path, depth, &fs.query()).await
 }
 
 /// Streams file `path` of backup `backup` into `out`; returns its length.
@@ -68,13 +64,49 @@ pub async fn get(
     out: &mut (dyn std::io::Write + Send),
 ) -> Result<u64> {
     let m = resolve(client, backup, source).await?;
-    let url = format!(
-        "/v1/backups/{}/files/content?path={}{}",
-        m.id,
-        encode(path),
-        fs.query()
-    );
-    client.download(&url, out).await
+    client.file_content(&m.id, path, &fs.query(), out).await
+}
+
+/// Writes file `path` of backup `backup` to the file `to`, or to standard output. A file is
+/// written beside its name (`NAME.part`) and made durable under the name once complete
+/// ([`stdx::durable::persist`]): a failed fetch never leaves a truncated file under the
+/// asked-for name.
+///
+/// # Errors
+/// See [`get`]; the output cannot be created, written or renamed.
+pub async fn get_to(
+    client: &RepoClient,
+    backup: &str,
+    source: Option<&str>,
+    path: &str,
+    fs: &FileSystem,
+    to: Option<&Path>,
+) -> Result<u64> {
+    let Some(to) = to else {
+        let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        let n = get(client, backup, source, path, fs, &mut stdout).await?;
+        std::io::Write::flush(&mut stdout).map_err(|e| Error::io("standard output", e))?;
+        return Ok(n);
+    };
+    let part = to.with_extension("part");
+    let mut file = std::fs::File::create(&part)
+        .map_err(|e| Error::io(format!("cannot create {}", part.display()), e))?;
+    match get(client, backup, source, path, fs, &mut file).await {
+        Ok(n) => {
+            stdx::durable::persist(file, &part, to).map_err(|e| {
+                Error::io(
+                    format!("cannot rename {} to {}", part.display(), to.display()),
+                    e,
+                )
+            })?;
+            Ok(n)
+        }
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&part);
+            Err(e)
+        }
+    }
 }
 
 /// What to search for.
@@ -97,7 +129,7 @@ pub struct Search {
 /// # Errors
 /// A malformed query (400), or repository errors.
 pub async fn search(client: &RepoClient, s: &Search, max: usize) -> Result<SearchResults> {
-    let mut q = format!("/v1/search?name={}", encode(&s.name));
+    let mut q = format!("name={}", encode(&s.name));
     for (k, v) in [
         ("path", &s.path),
         ("source", &s.source),
@@ -112,9 +144,7 @@ pub async fn search(client: &RepoClient, s: &Search, max: usize) -> Result<Searc
     let mut after = 0usize;
     loop {
         let page = (max - all.as_ref().map_or(0, |a| a.results.len())).min(1000);
-        let r: SearchResults = client
-            .get_json(&format!("{q}&limit={page}&after={after}"))
-            .await?;
+        let r = client.search(&q, page, after).await?;
         let next = r.next;
         match &mut all {
             None => all = Some(r),
@@ -129,6 +159,46 @@ pub async fn search(client: &RepoClient, s: &Search, max: usize) -> Result<Searc
     let mut all = all.expect("the loop runs at least once");
     all.next = (all.results.len() < all.total).then_some(all.results.len());
     Ok(all)
+}
+
+/// A listing as `files ls` prints it (see [`format_listing`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Listing<'a>(pub &'a FileListing);
+
+impl fmt::Display for Listing<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_listing(self.0))
+    }
+}
+
+/// Search results as `files search` prints them: one line per hit (see [`format_hit`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Hits<'a>(pub &'a SearchResults);
+
+impl fmt::Display for Hits<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for h in &self.0.results {
+            writeln!(f, "{}", format_hit(h))?;
+        }
+        Ok(())
+    }
+}
+
+impl Hits<'_> {
+    /// The count line printed on stderr after the hits.
+    pub fn summary(&self) -> String {
+        let r = self.0;
+        format!(
+            "{} of {} matches shown{}",
+            r.results.len(),
+            r.total,
+            if r.truncated {
+                " (the scan stopped at its limit; narrow the name)"
+            } else {
+                ""
+            }
+        )
+    }
 }
 
 /// `ls -l`-style lines: mode, uid, gid, size, mtime, path (`-> excluded` marked).

@@ -3,7 +3,8 @@
 //! `STATE_DIR/<key>.json` holds the session id, the base and, per disk, how many records the
 //! repository acknowledged and the first block not yet covered by them; `STATE_DIR/<key>.<disk>.records`
 //! holds the acknowledged record bytes (so the commit checksum is computed from our own copy).
-//! Both are written (temp file, fsync, rename) after each acknowledgement; the key is a hash of
+//! Both are written durably after each acknowledgement (the journal with
+//! [`stdx::durable::write`], the records appended and fsynced); the key is a hash of
 //! the repository URL, the source and the disks, so the same command finds its journal.
 
 use std::collections::BTreeMap;
@@ -108,18 +109,10 @@ impl Journal {
     /// # Errors
     /// I/O errors.
     pub fn save(&self) -> Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = stdx::durable::parent_of(&self.path);
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
-        let tmp = self.path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(self).map_err(|e| Error::Invalid(e.to_string()))?;
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| Error::io(self.path.display(), e))
+        stdx::durable::write(&self.path, &body).map_err(|e| Error::io(self.path.display(), e))
     }
 
     /// Appends acknowledged records of `disk` to its records file and truncates it to `entries`

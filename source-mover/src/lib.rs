@@ -11,26 +11,40 @@
 //!   excluded, hole), from the guests and the source's allocation.
 //! - [`ranges`]: byte-range arithmetic. [`cbt`]: what changed since a base
 //!   ([`cbt::ChangeList`]).
-//! - [`client`]: the HTTP/2 repository client (retries, rate limit).
-//! - [`backup`]: the read → hash → find-missing → compress → upload → record → commit pipeline.
+//! - [`client`]: the HTTP/2 repository client (retries, rate limit) and the protocol's calls,
+//!   typed with the `schema` bodies.
+//! - [`backup`]: one backup as a short string of stages, each a module: [`options`] (what to
+//!   back up), [`session`] (create, resume from the [`journal`], append, commit), [`base`]
+//!   (the base, its index, CBT narrowing), [`pipeline`] (read → hash → find-missing →
+//!   compress → upload → record, bounded; heal), [`guest_files`] (the file indexes beside it),
+//!   [`report`] (what a job did, with `Display` for the command line).
 //! - [`journal`]: what makes an interrupted backup resumable.
 //! - [`restore`]: restore and verify.
 //! - [`files`]: the guest file catalog from the command line (`files ls|get|search`).
+//! - [`cli`]: the command-line grammar; [`profile`]: the `lan`/`wan` presets.
 //! - [`progress`]: progress on stderr.
 //! - [`demo`]: the end-to-end demonstration behind `source-mover demo`.
 
 pub mod backup;
+pub mod base;
 pub mod cbt;
+pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod error;
 pub mod files;
 pub mod guest;
+pub mod guest_files;
 pub mod journal;
+pub mod options;
+pub mod pipeline;
 pub mod plan;
+pub mod profile;
 pub mod progress;
 pub mod ranges;
+pub mod report;
 pub mod restore;
+pub mod session;
 pub mod source;
 
 pub use error::{Error, Result};

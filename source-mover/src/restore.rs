@@ -1,49 +1,24 @@
 //! Restore and verify: read a backup's index, fetch its chunks concurrently, check each block's
 //! blake3 and length against the index, and write it (sparse: holes are not written to a file;
-//! a block device gets zeros) or, for verify, only check it.
+//! a block device gets zeros) or, for verify, only check it. Decompression, checks, positional
+//! writes and the final fsync run on the blocking pool, never on the async loop that fetches.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::Method;
-use schema::api::{BackupList, Manifest};
+use schema::api::{Manifest, ManifestDisk};
 use schema::ChunkId;
-use serde::Serialize;
 
-use crate::backup::{encode, peak_rss};
 use crate::client::RepoClient;
-use crate::error::{Error, Result};
+use crate::error::{blocking, Error, Result};
 use crate::progress::Progress;
-
-/// What a restore or verify did.
-#[derive(Debug, Clone, Serialize)]
-pub struct RestoreReport {
-    /// Backup.
-    pub backup_id: String,
-    /// Disk.
-    pub disk: String,
-    /// Where it was written (`None` for verify).
-    pub to: Option<String>,
-    /// Disk size.
-    pub size: u64,
-    /// Blocks.
-    pub blocks: u64,
-    /// Blocks that are holes.
-    pub holes: u64,
-    /// Bytes fetched (compressed).
-    pub fetched_bytes: u64,
-    /// Bytes written.
-    pub written_bytes: u64,
-    /// Wall time.
-    pub duration_ms: u64,
-    /// Peak resident memory.
-    pub peak_rss_bytes: u64,
-}
+use crate::report::peak_rss;
+pub use crate::report::RestoreReport;
 
 /// Resolves `latest` (for `source`) or checks a backup id.
 ///
@@ -51,19 +26,54 @@ pub struct RestoreReport {
 /// No backup, or repository errors.
 pub async fn resolve(client: &RepoClient, backup: &str, source: Option<&str>) -> Result<Manifest> {
     let id = if backup == "latest" {
-        let q = match source {
-            Some(s) => format!("/v1/backups?source={}&limit=1", encode(s)),
-            None => "/v1/backups?limit=1".to_string(),
-        };
-        let list: BackupList = client.get_json(&q).await?;
-        list.backups
-            .first()
+        client
+            .latest(source)
+            .await?
             .map(|m| m.id.to_string())
             .ok_or_else(|| Error::Invalid("no backup to restore".into()))?
     } else {
         backup.to_owned()
     };
-    client.get_json(&format!("/v1/backups/{id}")).await
+    client.manifest(&id).await
+}
+
+/// Where restored blocks go.
+#[derive(Debug, Clone)]
+struct Target {
+    file: Arc<File>,
+    path: PathBuf,
+    /// A block device: holes are written as zeros (a file is created sparse instead).
+    is_dev: bool,
+}
+
+impl Target {
+    /// Opens `p`: a block device as it is, a file created (or truncated) to `size`.
+    fn open(p: &Path, size: u64) -> Result<Target> {
+        let is_dev = std::fs::metadata(p)
+            .map(|md| !md.is_file() && !md.is_dir())
+            .unwrap_or(false);
+        let f = OpenOptions::new()
+            .write(true)
+            .create(!is_dev)
+            .truncate(!is_dev)
+            .open(p)
+            .map_err(|e| Error::io(p.display(), e))?;
+        if !is_dev {
+            f.set_len(size).map_err(|e| Error::io(p.display(), e))?;
+        }
+        Ok(Target {
+            file: Arc::new(f),
+            path: p.to_owned(),
+            is_dev,
+        })
+    }
+
+    /// Writes `data` at `offset` of disk `disk`.
+    fn write_at(&self, disk: &str, data: &[u8], offset: u64) -> Result<()> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| Error::io(format!("{disk} at offset {offset}"), e))
+    }
 }
 
 /// Restores disk `disk` of `m` to `to`, or only verifies it when `to` is `None`.
@@ -91,119 +101,25 @@ pub async fn restore(
             ))
         })?
         .clone();
-    let raw = client
-        .send(
-            Method::GET,
-            &format!("/v1/backups/{}/disks/{disk}/index", m.id),
-            &[],
-            Bytes::new(),
-        )
-        .await?
-        .body;
-    let index: Vec<ChunkId> = raw
-        .chunks_exact(32)
-        .filter_map(ChunkId::from_slice)
-        .collect();
-    if index.len() as u64 != d.blocks || blake3::hash(&raw).to_hex().as_str() != d.index_blake3 {
-        return Err(Error::Invalid(format!(
-            "the index of backup {} disk {disk} does not match its manifest",
-            m.id
-        )));
-    }
-    let (file, is_dev) = match to {
-        None => (None, false),
+    let index = index(client, m, &d).await?;
+    let target = match to {
+        None => None,
         Some(p) => {
-            let is_dev = std::fs::metadata(p)
-                .map(|md| !md.is_file() && !md.is_dir())
-                .unwrap_or(false);
-            let f = OpenOptions::new()
-                .write(true)
-                .create(!is_dev)
-                .truncate(!is_dev)
-                .open(p)
-                .map_err(|e| Error::io(p.display(), e))?;
-            if !is_dev {
-                f.set_len(d.size).map_err(|e| Error::io(p.display(), e))?;
-            }
-            (Some(Arc::new(f)), is_dev)
+            let (p, size) = (p.to_owned(), d.size);
+            Some(blocking("opening the target", move || Target::open(&p, size)).await?)
         }
     };
-    let bs = u64::from(d.block_size);
     let prog = Progress::start(d.size, progress);
-    let sem = Arc::new(tokio::sync::Semaphore::new(streams.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    let (mut holes, mut written) = (0u64, 0u64);
-    let mut fetched = 0u64;
-    for (b, id) in index.iter().enumerate() {
-        let b = b as u64;
-        let len = d.size.saturating_sub(b * bs).min(bs) as usize;
-        if id.is_hole() {
-            holes += 1;
-            prog.done.fetch_add(len as u64, Ordering::Relaxed);
-            if let (Some(f), true) = (&file, is_dev) {
-                f.write_all_at(&vec![0u8; len], b * bs)
-                    .map_err(|e| Error::io(format!("{disk} at offset {}", b * bs), e))?;
-                written += len as u64;
-            }
-            continue;
-        }
-        let permit = sem
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let (client, id, file, prog, disk) = (
-            client.clone(),
-            *id,
-            file.clone(),
-            prog.clone(),
-            disk.to_owned(),
-        );
-        tasks.spawn(async move {
-            let frame = client
-                .send(Method::GET, &format!("/v1/chunks/{id}"), &[], Bytes::new())
-                .await?
-                .body;
-            let n = frame.len() as u64;
-            tokio::task::spawn_blocking(move || -> Result<u64> {
-                let data = zstd::bulk::decompress(&frame, len).map_err(|e| Error::Corrupt {
-                    disk: disk.clone(),
-                    block: b,
-                    chunk: id.to_string(),
-                    message: format!("does not decompress: {e}"),
-                })?;
-                if data.len() != len || ChunkId::of(&data) != id {
-                    return Err(Error::Corrupt {
-                        disk,
-                        block: b,
-                        chunk: id.to_string(),
-                        message: "content does not match the digest in the index".into(),
-                    });
-                }
-                if let Some(f) = &file {
-                    f.write_all_at(&data, b * bs)
-                        .map_err(|e| Error::io(format!("{disk} at offset {}", b * bs), e))?;
-                }
-                prog.done.fetch_add(len as u64, Ordering::Relaxed);
-                prog.sent.fetch_add(len as u64, Ordering::Relaxed);
-                drop(permit);
-                Ok(n)
-            })
-            .await
-            .map_err(|e| Error::Invalid(e.to_string()))?
-        });
-        while tasks.len() > streams * 2 {
-            if let Some(r) = tasks.join_next().await {
-                fetched += r.map_err(|e| Error::Invalid(e.to_string()))??;
-            }
-        }
-    }
-    while let Some(r) = tasks.join_next().await {
-        fetched += r.map_err(|e| Error::Invalid(e.to_string()))??;
-    }
+    let copied = copy(client, &d, &index, target.clone(), streams, &prog).await;
     prog.finish();
-    if let (Some(f), Some(p)) = (&file, to) {
-        f.sync_all().map_err(|e| Error::io(p.display(), e))?;
+    let (holes, fetched, mut written) = copied?;
+    if let Some(t) = target {
+        blocking("syncing the target", move || {
+            t.file
+                .sync_all()
+                .map_err(|e| Error::io(t.path.display(), e))
+        })
+        .await?;
         written += prog.sent.load(Ordering::Relaxed);
     }
     Ok(RestoreReport {
@@ -218,4 +134,127 @@ pub async fn restore(
         duration_ms: started.elapsed().as_millis() as u64,
         peak_rss_bytes: peak_rss(),
     })
+}
+
+/// The index of disk `d` of `m`, checked against the manifest (block count and blake3).
+async fn index(client: &RepoClient, m: &Manifest, d: &ManifestDisk) -> Result<Vec<ChunkId>> {
+    let raw = client.disk_index(m.id.as_str(), d.name.as_str()).await?;
+    let index: Vec<ChunkId> = raw
+        .chunks_exact(32)
+        .filter_map(ChunkId::from_slice)
+        .collect();
+    if index.len() as u64 != d.blocks || blake3::hash(&raw).to_hex().as_str() != d.index_blake3 {
+        return Err(Error::Invalid(format!(
+            "the index of backup {} disk {} does not match its manifest",
+            m.id,
+            d.name.as_str()
+        )));
+    }
+    Ok(index)
+}
+
+/// Fetches, checks and writes (to `target`, if any) every block of `index`, up to `streams`
+/// at once; returns (holes, bytes fetched, bytes of zeros written for holes).
+async fn copy(
+    client: &RepoClient,
+    d: &ManifestDisk,
+    index: &[ChunkId],
+    target: Option<Target>,
+    streams: usize,
+    prog: &Arc<Progress>,
+) -> Result<(u64, u64, u64)> {
+    let bs = u64::from(d.block_size);
+    let disk = d.name.as_str();
+    let sem = Arc::new(tokio::sync::Semaphore::new(streams.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let (mut holes, mut written, mut fetched) = (0u64, 0u64, 0u64);
+    for (b, id) in index.iter().enumerate() {
+        let b = b as u64;
+        let len = d.size.saturating_sub(b * bs).min(bs) as usize;
+        if id.is_hole() {
+            holes += 1;
+            prog.done.fetch_add(len as u64, Ordering::Relaxed);
+            if let Some(t) = target.as_ref().filter(|t| t.is_dev) {
+                let (t, disk) = (t.clone(), disk.to_owned());
+                blocking("writing zeros", move || {
+                    t.write_at(&disk, &vec![0u8; len], b * bs)
+                })
+                .await?;
+                written += len as u64;
+            }
+            continue;
+        }
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let block = Block {
+            disk: disk.to_owned(),
+            number: b,
+            offset: b * bs,
+            len,
+            id: *id,
+        };
+        let (client, target, prog) = (client.clone(), target.clone(), prog.clone());
+        tasks.spawn(async move {
+            let n = fetch(&client, block, target, &prog).await?;
+            drop(permit);
+            Ok::<u64, Error>(n)
+        });
+        while tasks.len() > streams * 2 {
+            if let Some(r) = tasks.join_next().await {
+                fetched += r.map_err(|e| Error::Invalid(e.to_string()))??;
+            }
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        fetched += r.map_err(|e| Error::Invalid(e.to_string()))??;
+    }
+    Ok((holes, fetched, written))
+}
+
+/// One block to restore.
+#[derive(Debug)]
+struct Block {
+    disk: String,
+    number: u64,
+    offset: u64,
+    len: usize,
+    id: ChunkId,
+}
+
+/// Fetches one block's chunk, then decompresses, checks and writes it on the blocking pool;
+/// returns the fetched (compressed) size.
+async fn fetch(
+    client: &RepoClient,
+    b: Block,
+    target: Option<Target>,
+    prog: &Arc<Progress>,
+) -> Result<u64> {
+    let frame: Bytes = client.chunk(&b.id).await?;
+    let n = frame.len() as u64;
+    let prog = prog.clone();
+    blocking("checking a block", move || {
+        let corrupt = |message: String| Error::Corrupt {
+            disk: b.disk.clone(),
+            block: b.number,
+            chunk: b.id.to_string(),
+            message,
+        };
+        let data = zstd::bulk::decompress(&frame, b.len)
+            .map_err(|e| corrupt(format!("does not decompress: {e}")))?;
+        if data.len() != b.len || ChunkId::of(&data) != b.id {
+            return Err(corrupt(
+                "content does not match the digest in the index".into(),
+            ));
+        }
+        if let Some(t) = &target {
+            t.write_at(&b.disk, &data, b.offset)?;
+        }
+        prog.done.fetch_add(b.len as u64, Ordering::Relaxed);
+        prog.sent.fetch_add(b.len as u64, Ordering::Relaxed);
+        Ok(n)
+    })
+    .await
 }

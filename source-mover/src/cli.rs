@@ -1,0 +1,315 @@
+//! The `source-mover` command line as data: the clap grammar ([`Cli`] and its subcommands) and
+//! the parsers of its values (sizes, durations, `NAME=PATH`). The binary parses it, applies a
+//! [`crate::profile::Profile`] and calls the library.
+//!
+//! Doc comments here are the `--help` text (clap reads them), so items that must not show in the
+//! help carry none; the lint for missing docs is off in this module for that reason.
+#![allow(missing_docs)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::files::FileSystem;
+
+/// The backup proxy: reads only the blocks of VM disks that matter and pushes what the
+/// repository lacks over HTTP/2; restores and verifies backups.
+#[derive(Debug, Parser)]
+#[command(version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Back up disks of one source (full, or incremental over a base).
+    Backup(BackupArgs),
+    /// Restore one disk of a backup to a file or block device.
+    Restore(RestoreArgs),
+    /// Re-read a backup from the repository and check every block.
+    Verify(VerifyArgs),
+    /// List backups.
+    List(ListArgs),
+    /// Guest files of backups: list a directory, fetch a file, search names across backups.
+    #[command(subcommand)]
+    Files(FilesCmd),
+    /// Start a repository, back up a freshly built VM disk, change it, back up incrementally,
+    /// restore and check both: the whole product in one command.
+    Demo {
+        /// Keep the demo's files here instead of a temporary directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Repo {
+    /// Repository URL (http://host:port).
+    #[arg(long)]
+    pub repo: String,
+    /// File holding the bearer token.
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// How long network errors and 429/503 answers are retried.
+    #[arg(long, default_value = "30m", value_parser = duration)]
+    pub retry_for: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub repo: Repo,
+    /// Source name (the VM).
+    #[arg(long)]
+    pub source: String,
+    /// A disk: NAME=PATH (image file or block device). Repeatable.
+    #[arg(long = "disk", required = true, value_parser = pair)]
+    pub disks: Vec<(String, PathBuf)>,
+    /// Changed-block list of a disk: NAME=FILE ({"base": "<backup id>", "changed": [[offset,
+    /// length], ...]}); refused (exit code 2) unless its base is the backup this one builds on.
+    #[arg(long = "cbt", value_parser = pair)]
+    pub cbt: Vec<(String, PathBuf)>,
+    /// Base of an incremental: latest (of this source), none, or a backup id.
+    #[arg(long, default_value = "latest")]
+    pub base: String,
+    /// Block size: 256K, 512K, 1M or 4M [default: 1M; wan profile: 256K].
+    #[arg(long, value_parser = block_size)]
+    pub block_size: Option<u32>,
+    /// zstd level for uploaded chunks [default: 3; wan profile: 6].
+    #[arg(long)]
+    pub zstd_level: Option<i32>,
+    /// Files to drop at block level: NAME:GLOB (inside ext2/3/4 partitions of disk NAME). Repeatable.
+    #[arg(long = "exclude", value_parser = exclude)]
+    pub excludes: Vec<(String, String)>,
+    /// Concurrent chunk uploads (HTTP/2 streams) [default: 32; wan profile: 64].
+    #[arg(long)]
+    pub streams: Option<usize>,
+    /// Do not index guest files: the backup can still be restored whole, but not browsed,
+    /// searched or restored file by file (excludes still apply).
+    #[arg(long)]
+    pub no_file_index: bool,
+    /// HTTP/2 connections, used round-robin [default: 1; wan profile: 4].
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Presets: lan (1M blocks, zstd 3, 32 streams, 1 connection) or wan (256K blocks, zstd 6,
+    /// 64 streams, 4 connections); explicit options override the preset.
+    #[arg(long, default_value = "lan", value_parser = ["lan", "wan"])]
+    pub profile: String,
+    /// Cap on upload bytes per second (e.g. 50M).
+    #[arg(long, value_parser = size)]
+    pub limit_rate: Option<u64>,
+    /// Where the resumable journal is kept.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub repo: Repo,
+    /// Backup id, or latest.
+    #[arg(long)]
+    pub backup: String,
+    /// Source name, to pick the latest of.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Disk name.
+    #[arg(long)]
+    pub disk: String,
+    /// Output file (created sparse) or block device.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Concurrent chunk fetches.
+    #[arg(long, default_value_t = 16)]
+    pub streams: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub repo: Repo,
+    /// Backup id, or latest.
+    #[arg(long)]
+    pub backup: String,
+    /// Source name, to pick the latest of.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Concurrent chunk fetches.
+    #[arg(long, default_value_t = 16)]
+    pub streams: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilesCmd {
+    /// List a directory of a backed-up guest file system, like `ls -l`.
+    Ls {
+        #[command(flatten)]
+        at: FilesAt,
+        /// Directory (or file) inside the guest file system.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Levels to descend (1: the directory's own entries).
+        #[arg(long, default_value_t = 1)]
+        depth: u32,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one guest file of a backup to a file, or to standard output.
+    Get {
+        #[command(flatten)]
+        at: FilesAt,
+        /// The file inside the guest file system.
+        #[arg(long)]
+        path: String,
+        /// Output file [default: standard output].
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Find files by name across backups, newest backup first.
+    Search {
+        #[command(flatten)]
+        repo: Repo,
+        /// Glob on the file name: nginx.conf, *.conf, log?.txt.
+        #[arg(long)]
+        name: String,
+        /// Only under this directory.
+        #[arg(long)]
+        path: Option<String>,
+        /// Only backups of this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only backups created at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only backups created before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many results.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct FilesAt {
+    #[command(flatten)]
+    pub repo: Repo,
+    /// Backup id, or latest.
+    #[arg(long, default_value = "latest")]
+    pub backup: String,
+    /// Source name, to pick the latest of.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Disk [default: the first disk with an indexed file system].
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// Partition number, 0 for a file system on the whole disk [default: the first indexed].
+    #[arg(long)]
+    pub partition: Option<u32>,
+}
+
+impl FilesAt {
+    /// The file system these options select.
+    pub fn fs(&self) -> FileSystem {
+        FileSystem {
+            disk: self.disk.clone(),
+            partition: self.partition,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub repo: Repo,
+    /// Only this source.
+    #[arg(long)]
+    pub source: Option<String>,
+}
+
+/// `NAME=PATH` (a `--disk` or `--cbt`), the name a valid disk name.
+///
+/// # Errors
+/// The message clap shows.
+pub fn pair(s: &str) -> Result<(String, PathBuf), String> {
+    let (n, p) = s.split_once('=').ok_or("expected NAME=PATH")?;
+    n.parse::<schema::DiskName>().map_err(|e| e.to_string())?;
+    Ok((n.to_owned(), PathBuf::from(p)))
+}
+
+/// `NAME:GLOB` (an `--exclude`).
+///
+/// # Errors
+/// The message clap shows.
+pub fn exclude(s: &str) -> Result<(String, String), String> {
+    let (n, g) = s
+        .split_once(':')
+        .ok_or("expected NAME:GLOB, e.g. disk0:/var/cache/**")?;
+    Ok((n.to_owned(), g.to_owned()))
+}
+
+/// A size such as `50M` (K, M, G binary; KB, MB, GB decimal).
+///
+/// # Errors
+/// The message clap shows.
+pub fn size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split]
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 50M"))?;
+    let m = match t[split..].trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KIB" => 1 << 10,
+        "M" | "MIB" => 1 << 20,
+        "G" | "GIB" => 1 << 30,
+        "KB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(format!("{s:?}: unknown unit")),
+    };
+    n.checked_mul(m)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A block size: 256K, 512K, 1M or 4M.
+///
+/// # Errors
+/// The message clap shows.
+pub fn block_size(s: &str) -> Result<u32, String> {
+    let n = size(s)?;
+    match u32::try_from(n) {
+        Ok(b) if schema::BLOCK_SIZES.contains(&b) => Ok(b),
+        _ => Err(format!("block size must be 256K, 512K, 1M or 4M, not {s}")),
+    }
+}
+
+/// A duration such as `30m` (s, m, h).
+///
+/// # Errors
+/// The message clap shows.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30m"))?;
+    Ok(Duration::from_secs(match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: use s, m or h")),
+    }))
+}
