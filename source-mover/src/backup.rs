@@ -16,11 +16,11 @@ use std::time::Instant;
 use schema::api::{ClientStats, FileIndexRef};
 use schema::ChunkId;
 
-use crate::plan::{self, DiskPlan};
 use crate::cbt::ChangedBlocks;
 use crate::client::RepoClient;
 use crate::error::{blocking, Error, Result};
 use crate::pipeline::{self, Inputs, Stages, Tally};
+use crate::plan::{self, DiskPlan};
 use crate::progress::Progress;
 use crate::ranges::Ranges;
 use crate::session::{missing_chunks, Opened, Session};

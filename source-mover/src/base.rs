@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 
 use schema::ChunkId;
 
-use crate::plan::DiskPlan;
 use crate::cbt::ChangedBlocks;
 use crate::client::RepoClient;
 use crate::error::{Error, Result};
 use crate::options::{BackupOptions, Base};
+use crate::plan::DiskPlan;
 use crate::ranges::Ranges;
 
 /// The base's chunk id of each block of one disk.

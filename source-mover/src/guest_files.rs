@@ -11,9 +11,9 @@ use schema::api::FileIndexRef;
 use schema::files::FileEntry;
 use schema::{ChunkId, SessionId};
 
-use crate::plan::{self, DiskPlan, FileIndexes};
 use crate::client::RepoClient;
 use crate::error::{blocking, Error, Result};
+use crate::plan::{self, DiskPlan, FileIndexes};
 use crate::source::BlockSource;
 
 /// What the file index job produced.
@@ -60,8 +60,7 @@ pub async fn index_and_upload(
             return Ok((out, seconds));
         }
         for (d, (disk, p)) in disks.iter().zip(plans.iter()).enumerate() {
-            let (mut files, secs): FileIndexes =
-                plan::index_files(disk.as_ref(), &p.unindexed)?;
+            let (mut files, secs): FileIndexes = plan::index_files(disk.as_ref(), &p.unindexed)?;
             files.splice(0..0, p.files.iter().cloned());
             seconds += secs + p.files_seconds;
             out.extend(

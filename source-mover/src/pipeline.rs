@@ -19,9 +19,9 @@ use tokio::sync::mpsc::Receiver;
 use tokio::task::JoinSet;
 
 use crate::base::DiskIndex;
-use crate::plan::DiskPlan;
 use crate::client::RepoClient;
 use crate::error::{blocking, Error, Result};
+use crate::plan::DiskPlan;
 use crate::progress::Progress;
 use crate::ranges::Ranges;
 use crate::session::Session;

@@ -9,12 +9,12 @@ use schema::api::{ClientStats, CommitRequest, CreateSession, DiskCommit, DiskSpe
 use schema::{BackupId, ChunkId, IndexRecord, SessionId};
 use serde::Serialize;
 
-use crate::plan::DiskPlan;
 use crate::cbt::ChangedBlocks;
 use crate::client::RepoClient;
 use crate::error::{blocking, Error, Result};
 use crate::journal::{self, Journal};
 use crate::options::BackupOptions;
+use crate::plan::DiskPlan;
 
 /// An open session and the journal that makes it resumable.
 #[derive(Debug)]
