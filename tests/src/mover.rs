@@ -2,19 +2,26 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use source_mover::backup::{BackupOptions, Base};
 use source_mover::client::RepoClient;
+use source_mover::source::BlockSource;
 
 use crate::BACKUP_A;
 
 /// Options for a backup of one disk (`disk0`) of `source`, 1 MiB blocks, the latest backup as
 /// base, 16 streams, no progress output.
 pub fn opts(source: &str, disk: &Path, state: &Path) -> BackupOptions {
+    opts_for(source, source_mover::source::open(disk).unwrap(), state)
+}
+
+/// [`opts`] for a disk behind any [`BlockSource`] (not necessarily a file).
+pub fn opts_for(source: &str, disk: Arc<dyn BlockSource>, state: &Path) -> BackupOptions {
     BackupOptions {
         source: source.into(),
-        disks: vec![("disk0".into(), source_mover::source::open(disk).unwrap())],
+        disks: vec![("disk0".into(), disk)],
         cbt: BTreeMap::new(),
         base: Base::Latest,
         block_size: 1 << 20,

@@ -12,13 +12,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use source_mover::backup::{backup, BackupOptions, Base};
+use source_mover::backup::{backup, BackupOptions};
 use source_mover::cbt::{ChangeList, ChangedBlocks};
 use source_mover::ranges::Ranges;
 use source_mover::source::BlockSource;
 use source_mover::Error;
 use tests::images::{build, make_tree, Layout, Table};
-use tests::mover::{client, restore_to};
+use tests::mover::{client, opts_for, restore_to};
 use tests::TestServer;
 
 const MIB: u64 = 1 << 20;
@@ -106,19 +106,7 @@ impl ChangeList for MemoryChanges {
 }
 
 fn options(disk: &Arc<MemoryDisk>, state: &Path) -> BackupOptions {
-    BackupOptions {
-        source: "vm-memory".into(),
-        disks: vec![("disk0".into(), disk.clone() as Arc<dyn BlockSource>)],
-        cbt: Default::default(),
-        base: Base::Latest,
-        block_size: 1 << 20,
-        zstd_level: 3,
-        excludes: Vec::new(),
-        streams: 16,
-        state_dir: state.to_owned(),
-        progress: false,
-        file_index: true,
-    }
+    opts_for("vm-memory", disk.clone(), state)
 }
 
 /// What a restore of `disk` must give: its bytes, with zeros where the plan dropped them (free
