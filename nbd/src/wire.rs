@@ -798,7 +798,7 @@ pub fn encode_block_status(context: u32, extents: &[Extent]) -> Vec<u8> {
 /// # Errors
 /// A payload that is not 4 + 8·n bytes, too many extents, or an empty extent.
 pub fn decode_block_status(payload: &[u8], max_extents: usize) -> WireResult<(u32, Vec<Extent>)> {
-    if payload.len() < 12 || (payload.len() - 4) % 8 != 0 {
+    if payload.len() < 12 || !(payload.len() - 4).is_multiple_of(8) {
         return Err(WireError::Invalid {
             what: "block status",
             detail: format!(
