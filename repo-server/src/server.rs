@@ -17,6 +17,7 @@ use crate::config::{Config, TlsConfig};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::repo::{Repository, Settings};
+use schema::fingerprint::Fingerprint;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -111,8 +112,13 @@ impl App {
         .map_err(|e| repo_err(e.to_string()))?;
         let repo = Arc::new(repo);
         let tokens = Arc::new(Tokens::new(&config.tokens));
-        let state = AppState::new(repo.clone(), tokens, &config);
+        let mut state = AppState::new(repo.clone(), tokens, &config);
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+        if let Some((_, fp)) = &tls {
+            tracing::info!(fingerprint = %fp, "TLS certificate (pin it with source-mover --fingerprint)");
+            state.tls_fingerprint = Some(*fp);
+        }
+        let tls = tls.map(|(acceptor, _)| acceptor);
         Ok(App {
             repo,
             state,
@@ -132,7 +138,9 @@ impl std::fmt::Debug for App {
     }
 }
 
-fn tls_acceptor(t: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, StartError> {
+/// The acceptor for `t`, and the SHA-256 fingerprint of its certificate (the first of the
+/// chain: the one a client pins).
+fn tls_acceptor(t: &TlsConfig) -> Result<(tokio_rustls::TlsAcceptor, Fingerprint), StartError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
@@ -144,6 +152,9 @@ fn tls_acceptor(t: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, StartError> 
             t.cert.display()
         )));
     }
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &certs[0]).as_ref());
+    let fingerprint = Fingerprint(digest);
     let key = PrivateKeyDer::from_pem_file(&t.key)
         .map_err(|e| StartError::Tls(format!("key {}: {e}", t.key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -154,7 +165,39 @@ fn tls_acceptor(t: &TlsConfig) -> Result<tokio_rustls::TlsAcceptor, StartError> 
         .with_single_cert(certs, key)
         .map_err(|e| StartError::Tls(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), fingerprint))
+}
+
+/// Whether the first byte a client sent on the TLS port is a TLS handshake record (22); a
+/// client that sends nothing within 10 s is left to the TLS acceptor's own handling.
+async fn starts_like_tls(tcp: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(std::time::Duration::from_secs(10), tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => first[0] == 22,
+        _ => true,
+    }
+}
+
+/// Answers a plain-text client on the TLS port in words it can show: an HTTP/1.1 400 saying to
+/// use `https://` (an HTTP/2 prior-knowledge client reads it as an invalid frame, which the
+/// mover reports the same way). What the client sent is read first and the write side shut
+/// before closing, so the answer is not lost to a reset.
+async fn refuse_plaintext(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let secs = std::time::Duration::from_secs;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(secs(1), tcp.read(&mut sink)).await;
+    let body = "this port speaks TLS only: use https://\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.write_all(answer.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+    let _ = tokio::time::timeout(secs(2), async {
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains open requests for up to
@@ -217,6 +260,10 @@ pub async fn run(
                                 .into_owned(),
                         )
                         .await
+                }
+                Some(_) if !starts_like_tls(&tcp).await => {
+                    refuse_plaintext(tcp).await;
+                    Ok(())
                 }
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(stream) => {

@@ -28,6 +28,10 @@ pub struct Capabilities {
     pub session_idle_ttl_s: u64,
     /// Which store keeps the data (`local` for repo-server).
     pub store: String,
+    /// The SHA-256 fingerprint of the server's TLS certificate, when it serves TLS: what
+    /// `source-mover --fingerprint` pins for a self-signed repository. Absent over plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<crate::fingerprint::Fingerprint>,
 }
 
 /// One disk of a session.

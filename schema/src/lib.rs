@@ -6,6 +6,7 @@
 //! - [`record`]: the 40-byte positional index record and its codec.
 //! - [`api`]: request and response bodies of PROTOCOL.md, version 1.
 //! - [`error`]: the stable error codes and the JSON error body.
+//! - [`fingerprint`]: the SHA-256 fingerprint of a TLS certificate, as printed and pinned.
 //! - [`query`]: percent-encoding of URL query values.
 //! - [`retention`]: GFS retention policies (which backups to keep).
 //! - [`time`]: RFC 3339 UTC formatting of timestamps kept as Unix milliseconds.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod error;
 pub mod files;
+pub mod fingerprint;
 pub mod id;
 pub mod query;
 pub mod record;

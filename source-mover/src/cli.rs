@@ -46,9 +46,16 @@ pub enum Cmd {
 
 #[derive(Debug, Args)]
 pub struct Repo {
-    /// Repository URL (http://host:port).
+    /// Repository URL (https://host:port, or http://host:port on a trusted network).
     #[arg(long)]
     pub repo: String,
+    /// Also trust the CA certificates in this PEM file for https:// (beside the system's).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept exactly the server certificate with this SHA-256 fingerprint (self-signed
+    /// repositories; repo-server prints it at start and in /v1/capabilities).
+    #[arg(long, value_name = "SHA256:HEX")]
+    pub fingerprint: Option<schema::fingerprint::Fingerprint>,
     /// File holding the bearer token.
     #[arg(long)]
     pub token_file: PathBuf,

@@ -1,5 +1,6 @@
-//! The repository client: HTTP/2 with prior knowledge over one connection (many concurrent
-//! streams), large flow-control windows, retries with exponential backoff for network faults and
+//! The repository client: HTTP/2 (with prior knowledge over `http://`, through ALPN over
+//! `https://`, see [`crate::tls`]) over one connection or several (many concurrent streams each),
+//! large flow-control windows, retries with exponential backoff for network faults and
 //! 429/502/503/504, and an optional byte-rate limit on chunk uploads.
 
 use std::collections::HashSet;
@@ -9,7 +10,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use schema::api::{
@@ -23,6 +23,7 @@ use stdx::backoff::Backoff;
 use stdx::rate::TokenBucket;
 
 use crate::error::{Error, Result};
+use crate::tls::{Connector, Trust};
 
 /// An answer read whole.
 #[derive(Debug)]
@@ -78,7 +79,7 @@ pub struct RepoClient {
     auth: String,
     /// One HTTP/2 connection each; requests go round-robin (several TCP connections fill long
     /// fat links better than one, and one lost connection stalls only its share).
-    http: Arc<Vec<Client<HttpConnector, Full<Bytes>>>>,
+    http: Arc<Vec<Client<Connector, Full<Bytes>>>>,
     next: Arc<std::sync::atomic::AtomicUsize>,
     /// How long retryable failures are retried before giving up.
     pub retry_for: Duration,
@@ -99,7 +100,8 @@ impl RepoClient {
         Self::with_connections(url, token, retry_for, limit_rate, 1)
     }
 
-    /// A client with `connections` HTTP/2 connections used round-robin.
+    /// A client with `connections` HTTP/2 connections used round-robin, trusting the system's
+    /// roots for `https://`.
     ///
     /// # Errors
     /// An unsupported URL.
@@ -110,12 +112,52 @@ impl RepoClient {
         limit_rate: Option<u64>,
         connections: usize,
     ) -> Result<RepoClient> {
+        Self::with_trust(
+            url,
+            token,
+            retry_for,
+            limit_rate,
+            connections,
+            &Trust::default(),
+        )
+    }
+
+    /// A client for `http://host:port` or `https://host:port` with `connections` HTTP/2
+    /// connections used round-robin; `trust` says which server certificates `https://` accepts.
+    /// Plain `http://` to another machine works but prints a warning: the token and the data
+    /// cross the network in clear text.
+    ///
+    /// # Errors
+    /// An unsupported URL, or a `trust` that cannot be loaded.
+    pub fn with_trust(
+        url: &str,
+        token: &str,
+        retry_for: Duration,
+        limit_rate: Option<u64>,
+        connections: usize,
+        trust: &Trust,
+    ) -> Result<RepoClient> {
         let base = url.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
-            return Err(Error::Invalid(format!(
-                "repository URL {url:?}: the mover speaks HTTP/2 with prior knowledge (http://host:port); TLS is not supported yet"
-            )));
-        }
+        let uri: http::Uri = base
+            .parse()
+            .map_err(|e| Error::Invalid(format!("repository URL {url:?}: {e}")))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => Some(trust.client_config()?),
+            Some("http") => {
+                if !crate::tls::is_loopback(uri.host().unwrap_or_default()) {
+                    eprintln!(
+                        "source-mover: warning: {base} is plain HTTP: the token and the data cross \
+                         the network unencrypted (use https://)"
+                    );
+                }
+                None
+            }
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "repository URL {url:?}: expected http://host:port or https://host:port"
+                )))
+            }
+        };
         let build = || {
             let mut b = Client::builder(TokioExecutor::new());
             b.http2_only(true)
@@ -126,10 +168,7 @@ impl RepoClient {
                 .http2_keep_alive_interval(Duration::from_secs(20))
                 .http2_keep_alive_timeout(Duration::from_secs(20))
                 .timer(hyper_util::rt::TokioTimer::new());
-            let mut conn = HttpConnector::new();
-            conn.set_nodelay(true);
-            conn.set_connect_timeout(Some(Duration::from_secs(10)));
-            b.build(conn)
+            b.build(Connector::new(tls.clone()))
         };
         Ok(RepoClient {
             base,
@@ -222,8 +261,23 @@ impl RepoClient {
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
+                if let Some(refused) = s.downcast_ref::<crate::tls::Refused>() {
+                    return Error::Tls {
+                        url: self.base.clone(),
+                        message: refused.0.clone(),
+                    };
+                }
                 msg.push_str(&format!(": {s}"));
                 src = s.source();
+            }
+            if self.base.starts_with("http://") && msg.contains("frame with invalid size") {
+                // What a TLS port (or anything but an HTTP/2 server) sends back to a plain
+                // HTTP/2 preface: not a network fault, and retrying will not change it.
+                return Error::Invalid(format!(
+                    "the repository at {} does not speak HTTP/2 in clear text ({msg}); \
+                     if it serves TLS, use https://",
+                    self.base
+                ));
             }
             self.network(&msg)
         })

@@ -33,6 +33,15 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// The TLS handshake with the repository failed a check (unknown CA, name mismatch,
+    /// fingerprint mismatch, expired): never retried, it would fail the same way.
+    #[error("TLS with the repository at {url} refused: {message}")]
+    Tls {
+        /// Repository URL.
+        url: String,
+        /// Which check failed.
+        message: String,
+    },
     /// A block read back does not match its digest.
     #[error("chunk {chunk} (block {block} of disk {disk}): {message}")]
     Corrupt {

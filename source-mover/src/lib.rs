@@ -12,7 +12,8 @@
 //! - [`ranges`]: byte-range arithmetic. [`cbt`]: what changed since a base
 //!   ([`cbt::ChangeList`]).
 //! - [`client`]: the HTTP/2 repository client (retries, rate limit) and the protocol's calls,
-//!   typed with the `schema` bodies.
+//!   typed with the `schema` bodies; [`tls`]: `https://` (trusted roots, `--ca-file`,
+//!   `--fingerprint` pinning) and the connector both schemes share.
 //! - [`backup`]: one backup as a short string of stages, each a module: [`options`] (what to
 //!   back up), [`session`] (create, resume from the [`journal`], append, commit), [`base`]
 //!   (the base, its index, CBT narrowing), [`pipeline`] (read → hash → find-missing →
@@ -46,5 +47,6 @@ pub mod report;
 pub mod restore;
 pub mod session;
 pub mod source;
+pub mod tls;
 
 pub use error::{Error, Result};

@@ -58,6 +58,7 @@ pub(super) async fn capabilities(State(st): State<AppState>) -> Response {
         max_find_missing: st.limits.max_find_missing,
         session_idle_ttl_s: st.limits.session_idle_ttl.as_secs(),
         store: st.repo.chunks.kind().into(),
+        tls_fingerprint: st.tls_fingerprint,
     };
     json_body(&caps, StatusCode::OK)
 }

@@ -59,6 +59,8 @@ pub struct AppState {
     /// body any route accepts, or one stream window if that is more (what a client may have in
     /// flight when it sees the answer).
     pub drain_limit: u64,
+    /// The TLS certificate's fingerprint when the server serves TLS (`/v1/capabilities`).
+    pub tls_fingerprint: Option<schema::fingerprint::Fingerprint>,
 }
 
 impl AppState {
@@ -88,6 +90,7 @@ impl AppState {
             .into_iter()
             .max()
             .unwrap_or(0),
+            tls_fingerprint: None,
         }
     }
 

@@ -12,16 +12,22 @@ use source_mover::files::{self, Hits, Listing};
 use source_mover::profile::{default_state_dir, Profile};
 use source_mover::report::BackupTable;
 use source_mover::restore::{resolve, restore};
+use source_mover::tls::Trust;
 
 fn client(r: &Repo, limit: Option<u64>, connections: usize) -> anyhow::Result<RepoClient> {
     let token = std::fs::read_to_string(&r.token_file)
         .with_context(|| format!("cannot read token file {}", r.token_file.display()))?;
-    Ok(RepoClient::with_connections(
+    let trust = Trust {
+        ca_file: r.ca_file.clone(),
+        fingerprint: r.fingerprint,
+    };
+    Ok(RepoClient::with_trust(
         &r.repo,
         &token,
         r.retry_for,
         limit,
         connections,
+        &trust,
     )?)
 }
 
