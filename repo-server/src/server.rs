@@ -179,8 +179,8 @@ async fn starts_like_tls(tcp: &tokio::net::TcpStream) -> bool {
 }
 
 /// Answers a plain-text client on the TLS port in words it can show: an HTTP/1.1 400 saying to
-/// use `https://` (an HTTP/2 prior-knowledge client reads it as an invalid frame, which the
-/// mover reports the same way). What the client sent is read first and the write side shut
+/// use `https://` (curl shows it; the mover's probe, `source_mover::tls::answers_like_tls`,
+/// recognises it). What the client sent is read first and the write side shut
 /// before closing, so the answer is not lost to a reset.
 async fn refuse_plaintext(mut tcp: tokio::net::TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -81,6 +81,8 @@ pub struct RepoClient {
     /// fat links better than one, and one lost connection stalls only its share).
     http: Arc<Vec<Client<Connector, Full<Bytes>>>>,
     next: Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether [`RepoClient::tls_port_behind_http`] has been asked.
+    probed: Arc<std::sync::atomic::AtomicBool>,
     /// How long retryable failures are retried before giving up.
     pub retry_for: Duration,
     limit: Option<Arc<RateLimit>>,
@@ -175,9 +177,24 @@ impl RepoClient {
             auth: format!("Bearer {}", token.trim()),
             http: Arc::new((0..connections.max(1)).map(|_| build()).collect()),
             next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            probed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             retry_for,
             limit: limit_rate.map(|r| Arc::new(RateLimit::new(r))),
         })
+    }
+
+    /// For an `http://` client whose request failed at the network level: whether the port
+    /// answers like a TLS server (a plain HTTP/2 preface is met with a TLS alert, or with
+    /// `repo-server`'s plain-text refusal). Asked once per client; never for `https://`.
+    async fn tls_port_behind_http(&self) -> bool {
+        if !self.base.starts_with("http://")
+            || self.probed.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return false;
+        }
+        let authority = self.base.trim_start_matches("http://");
+        let authority = authority.split('/').next().unwrap_or(authority);
+        crate::tls::answers_like_tls(authority).await
     }
 
     /// The repository URL.
@@ -199,6 +216,12 @@ impl RepoClient {
         let mut backoff = Backoff::new(self.retry_for);
         loop {
             match self.once(method.clone(), path, headers, body.clone()).await {
+                Err(e @ Error::Network { .. }) if self.tls_port_behind_http().await => {
+                    return Err(Error::Invalid(format!(
+                        "the repository at {} serves TLS on that port: use https:// ({e})",
+                        self.base
+                    )));
+                }
                 Err(e) if e.is_retryable() => {
                     let Some(delay) = backoff.next_delay() else {
                         return Err(e);
@@ -269,15 +292,6 @@ impl RepoClient {
                 }
                 msg.push_str(&format!(": {s}"));
                 src = s.source();
-            }
-            if self.base.starts_with("http://") && msg.contains("frame with invalid size") {
-                // What a TLS port (or anything but an HTTP/2 server) sends back to a plain
-                // HTTP/2 preface: not a network fault, and retrying will not change it.
-                return Error::Invalid(format!(
-                    "the repository at {} does not speak HTTP/2 in clear text ({msg}); \
-                     if it serves TLS, use https://",
-                    self.base
-                ));
             }
             self.network(&msg)
         })

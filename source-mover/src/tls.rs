@@ -382,6 +382,36 @@ impl tower::Service<http::Uri> for Connector {
     }
 }
 
+/// Whether the server at `authority` (`host:port`) answers a plain HTTP/2 preface like a TLS
+/// server: with a TLS alert record (content type 21, version 3.x), or with `repo-server`'s
+/// plain-text refusal on its TLS port. Two seconds at most; `false` when unsure.
+pub async fn answers_like_tls(authority: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut tcp = TcpStream::connect(authority).await.ok()?;
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 256];
+        let mut got = 0;
+        while got < buf.len() {
+            match tcp.read(&mut buf[got..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+            if got >= 2 && buf[0] == 21 && buf[1] == 3 {
+                return Some(true);
+            }
+        }
+        let text = String::from_utf8_lossy(&buf[..got]);
+        Some(text.starts_with("HTTP/1.") && text.contains("use https://"))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Some(true))
+    )
+}
+
 /// Whether `host` (of a URL) is this machine: plain `http://` elsewhere earns a warning.
 pub fn is_loopback(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');

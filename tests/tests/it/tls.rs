@@ -237,13 +237,14 @@ async fn plain_http_mover_against_a_tls_server_gets_a_clear_error() {
 async fn backup_over_tls_completes_across_cuts() {
     let (srv, _der, cert, dir) = tls_server().await;
     let disk = dir.path().join("disk.raw");
-    std::fs::write(&disk, noise(16 << 20, 9)).unwrap();
+    // 8 MiB at 2 MB/s: about 4 s of upload, with a cut every 2 s on average.
+    std::fs::write(&disk, noise(8 << 20, 9)).unwrap();
     let link = Link {
         delay: Duration::from_millis(10),
-        rate: Some(4_000_000),
+        rate: Some(2_000_000),
     };
     let proxy = Arc::new(WanProxy::start(srv.addr, link).await.unwrap());
-    let cutter = proxy.cut_randomly(Duration::from_millis(1500), 43);
+    let cutter = proxy.cut_randomly(Duration::from_millis(2000), 43);
     let c = mover(
         &format!("https://localhost:{}", proxy.addr.port()),
         &Trust {
