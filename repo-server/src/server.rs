@@ -330,14 +330,7 @@ fn spawn_pruner(repo: Arc<Repository>, every: std::time::Duration) -> tokio::tas
             let r = repo.clone();
             match tokio::task::spawn_blocking(move || r.apply_retention(false, None)).await {
                 Ok(Ok(report)) => {
-                    let pruned: usize = report["sources"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|s| s["pruned"].as_array().map(Vec::len))
-                                .sum()
-                        })
-                        .unwrap_or(0);
+                    let pruned: usize = report.sources.iter().map(|s| s.pruned.len()).sum();
                     if pruned > 0 {
                         tracing::info!(pruned, "scheduled prune");
                     }

@@ -11,6 +11,7 @@ use crate::{BackupId, ChunkId, DiskName};
 
 /// `GET /v1/capabilities`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capabilities {
     /// Protocol version.
     pub api: u32,
@@ -36,6 +37,7 @@ pub struct Capabilities {
 
 /// One disk of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DiskSpec {
     /// Name, unique within the session.
@@ -55,6 +57,7 @@ impl DiskSpec {
 
 /// `PUT /v1/sessions/{uuid}` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     /// Name of the backed-up source (a VM, a host).
@@ -71,6 +74,7 @@ pub struct CreateSession {
 
 /// Session state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum SessionState {
     /// Accepting chunks and records.
@@ -83,6 +87,7 @@ pub enum SessionState {
 
 /// Per-disk progress of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiskProgress {
     /// Records held.
     pub entries: u64,
@@ -92,6 +97,7 @@ pub struct DiskProgress {
 
 /// `GET /v1/sessions/{uuid}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionStatus {
     /// Session id.
     pub id: String,
@@ -115,6 +121,7 @@ pub struct SessionStatus {
 
 /// JSON form of find-missing, request and response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Digests {
     /// Chunk ids.
@@ -123,6 +130,7 @@ pub struct Digests {
 
 /// What the client says it holds for one disk at commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DiskCommit {
     /// Number of records sent.
@@ -133,6 +141,7 @@ pub struct DiskCommit {
 
 /// Figures only the source side knows, reported at commit and kept in the manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ClientStats {
     /// Bytes read from the source disks.
@@ -145,6 +154,7 @@ pub struct ClientStats {
 
 /// `POST /v1/sessions/{uuid}/commit` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
     /// Per disk: count and checksum of records sent.
@@ -163,6 +173,7 @@ pub struct CommitRequest {
 /// A guest file index of one file system, stored as chunks: the concatenation of `chunks` is
 /// `bytes` bytes of JSON lines, one [`crate::files::FileEntry`] each.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FileIndexRef {
     /// Disk holding the file system.
@@ -179,6 +190,7 @@ pub struct FileIndexRef {
 
 /// Commit answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitResponse {
     /// The new backup.
     pub backup_id: BackupId,
@@ -186,6 +198,7 @@ pub struct CommitResponse {
 
 /// One disk of a committed backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ManifestDisk {
     /// Name.
     pub name: DiskName,
@@ -203,6 +216,7 @@ pub struct ManifestDisk {
 
 /// Statistics of a backup.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackupStats {
     /// Sum of disk sizes.
     pub logical_bytes: u64,
@@ -224,6 +238,7 @@ pub struct BackupStats {
 
 /// `GET /v1/backups/{id}`: the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Manifest {
     /// Backup id.
     pub id: BackupId,
@@ -253,6 +268,7 @@ pub struct Manifest {
 
 /// `GET /v1/backups` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackupList {
     /// Manifests, newest first.
     pub backups: Vec<Manifest>,
@@ -262,6 +278,7 @@ pub struct BackupList {
 
 /// One row of `GET /v1/sources`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SourceSummary {
     /// Source name.
     pub source: String,
@@ -277,6 +294,7 @@ pub struct SourceSummary {
 
 /// `GET /v1/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RepoStats {
     /// Chunks stored.
     pub chunks: u64,
@@ -296,6 +314,7 @@ pub struct RepoStats {
 
 /// `POST /v1/admin/verify` body (optional; empty or `{}` verifies every chunk).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct VerifyRequest {
     /// Verify a random sample of about this fraction of the chunks, in (0, 1].
@@ -306,6 +325,7 @@ pub struct VerifyRequest {
 
 /// `POST /v1/admin/gc` and `/verify` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobStarted {
     /// Job id.
     pub job: String,
@@ -313,6 +333,7 @@ pub struct JobStarted {
 
 /// One entry of a guest file listing (`GET /v1/backups/{id}/files`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListedFile {
     /// Absolute path inside the file system.
     pub path: String,
@@ -336,6 +357,7 @@ pub struct ListedFile {
 
 /// A guest directory listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileListing {
     /// Backup.
     pub backup: BackupId,
@@ -353,6 +375,7 @@ pub struct FileListing {
 
 /// One search result (`GET /v1/search`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SearchHit {
     /// Backup.
     pub backup: String,
@@ -374,6 +397,7 @@ pub struct SearchHit {
 
 /// A page of search results, newest backup first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SearchResults {
     /// The tenant searched.
     pub tenant: String,
@@ -385,4 +409,178 @@ pub struct SearchResults {
     pub next: Option<usize>,
     /// The scan stopped at its limit: there may be matches not counted.
     pub truncated: bool,
+}
+
+/// State of a background job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Still working.
+    Running,
+    /// Finished; `result` holds its report.
+    Done,
+    /// Stopped by an error; `error` says which.
+    Failed,
+}
+
+/// Progress of a job: `done` of `total` units of its current phase.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobProgress {
+    /// What the job is doing (`mark`, `sweep`, `chunks`, ...).
+    pub phase: String,
+    /// Units done.
+    pub done: u64,
+    /// Units in all (0 while unknown).
+    pub total: u64,
+}
+
+/// `GET /v1/admin/jobs/{id}`: a job, running or finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobStatus {
+    /// Job id.
+    pub id: String,
+    /// `gc` or `verify`.
+    pub kind: String,
+    /// State.
+    pub state: JobState,
+    /// Start time, RFC 3339.
+    pub started: String,
+    /// End time, RFC 3339, once finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    /// Progress (published about every 200 ms while running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<JobProgress>,
+    /// The job's report, once done (its fields depend on the kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/admin/prune` body: `dry_run` is required, so an empty request deletes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PruneRequest {
+    /// Report what would be deleted, delete nothing.
+    pub dry_run: bool,
+    /// Only this source.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// A backup a prune would delete but may not (yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PruneSkip {
+    /// Backup.
+    pub id: BackupId,
+    /// `BACKUP_IMMUTABLE` or `BACKUP_IN_USE`.
+    pub reason: crate::ErrorCode,
+    /// Why, for people (until when it is immutable).
+    pub message: String,
+}
+
+/// What a prune did (or would do) to one source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PruneSource {
+    /// Tenant.
+    pub tenant: String,
+    /// Source.
+    pub source: String,
+    /// The policy applied (none: the source is not pruned and every backup is kept).
+    pub policy: Option<crate::retention::Policy>,
+    /// Backups kept, newest first.
+    pub kept: Vec<BackupId>,
+    /// Backups deleted (or, in a dry run, that would be).
+    pub pruned: Vec<BackupId>,
+    /// Backups the policy would delete that may not be deleted yet.
+    pub skipped: Vec<PruneSkip>,
+}
+
+/// `POST /v1/admin/prune` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PruneReport {
+    /// Whether nothing was deleted.
+    pub dry_run: bool,
+    /// Per source (tenant, source order).
+    pub sources: Vec<PruneSource>,
+}
+
+/// Where a source's retention policy comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyOrigin {
+    /// The configuration file.
+    Config,
+    /// Set over the API (overrides the configuration's).
+    Api,
+}
+
+/// A source's retention policy and its origin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SourcePolicy {
+    /// The policy.
+    pub policy: crate::retention::Policy,
+    /// Where it comes from.
+    pub origin: PolicyOrigin,
+}
+
+/// `PUT /v1/admin/retention/{source}` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PolicySet {
+    /// Source.
+    pub source: String,
+    /// The policy now in force.
+    pub policy: crate::retention::Policy,
+    /// Always `api`.
+    pub origin: PolicyOrigin,
+}
+
+/// `GET /v1/admin/retention`: the immutability window, the schedule, the default policy and every
+/// source's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RetentionView {
+    /// No backup younger than this may be deleted, by anyone (0: no window).
+    pub min_age_seconds: u64,
+    /// Interval of the scheduled prune (none: only on request).
+    pub schedule_seconds: Option<u64>,
+    /// Policy of sources without their own.
+    pub default: Option<crate::retention::Policy>,
+    /// Sources with their own policy.
+    pub sources: BTreeMap<String, SourcePolicy>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRole {
+    /// Create sessions, upload, commit; read its own tenant's backups.
+    Backup,
+    /// Read its tenant's catalog and data.
+    Reader,
+    /// Everything, across tenants.
+    Admin,
+}
+
+/// `GET /v1/whoami`: the tenant and role of the calling token (what a console shows follows them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Identity {
+    /// Tenant the token acts for.
+    pub tenant: String,
+    /// Its role.
+    pub role: TokenRole,
 }

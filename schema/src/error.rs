@@ -10,6 +10,7 @@ macro_rules! codes {
     ($($(#[$doc:meta])* $variant:ident = $status:literal),* $(,)?) => {
         /// A stable error code with its HTTP status.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
         pub enum ErrorCode {
             $($(#[$doc])* $variant,)*
@@ -106,6 +107,7 @@ impl ErrorCode {
 
 /// The JSON error body: `{"error": {...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorInfo,
@@ -113,6 +115,7 @@ pub struct ErrorBody {
 
 /// The inside of [`ErrorBody`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorInfo {
     /// Stable code.
     pub code: ErrorCode,

@@ -251,6 +251,58 @@ name_type!(
     "disk name"
 );
 
+/// The ids' OpenAPI schemas: strings with the patterns their parsers accept.
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    use utoipa::openapi::RefOr;
+
+    fn string(pattern: &str, description: &str) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+            .description(Some(description))
+            .into()
+    }
+
+    macro_rules! string_schema {
+        ($ty:path, $pattern:literal, $description:literal) => {
+            impl utoipa::PartialSchema for $ty {
+                fn schema() -> RefOr<Schema> {
+                    string($pattern, $description)
+                }
+            }
+            impl utoipa::ToSchema for $ty {}
+        };
+    }
+
+    string_schema!(
+        super::ChunkId,
+        "^blake3:[0-9a-f]{64}$",
+        "A chunk id: blake3 of the uncompressed block."
+    );
+    string_schema!(
+        super::SessionId,
+        "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        "A session id (a UUID, chosen by the client)."
+    );
+    string_schema!(
+        super::BackupId,
+        "^[A-Za-z0-9._-]{1,128}$",
+        "A backup id, chosen by the server (never `.` or `..`)."
+    );
+    string_schema!(
+        crate::fingerprint::Fingerprint,
+        "^SHA256:[0-9a-f]{64}$",
+        "The SHA-256 fingerprint of a TLS certificate."
+    );
+    string_schema!(
+        super::DiskName,
+        "^[A-Za-z0-9._-]{1,128}$",
+        "A disk name (never `.` or `..`)."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

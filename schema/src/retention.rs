@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// A retention policy. All zero keeps nothing by itself (see [`Policy::is_empty`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Newest backups kept regardless of date.

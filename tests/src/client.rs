@@ -58,6 +58,7 @@ pub struct Client {
     base: String,
     token: Option<String>,
     t: Transport,
+    contract: Option<Arc<crate::contract::Contract>>,
 }
 
 impl Client {
@@ -74,6 +75,7 @@ impl Client {
             base: base.into(),
             token: token.map(Into::into),
             t: Transport::Pool(Box::new(b.build(conn))),
+            contract: None,
         }
     }
 
@@ -84,6 +86,7 @@ impl Client {
             base: base.into(),
             token: token.map(Into::into),
             t: Transport::Pool(Box::new(b.build(HttpConnector::new()))),
+            contract: None,
         }
     }
 
@@ -133,6 +136,15 @@ impl Client {
             base: format!("https://localhost:{}", addr.port()),
             token: token.map(Into::into),
             t,
+            contract: None,
+        }
+    }
+
+    /// The same client, checking every answer against `contract` (a mismatch panics).
+    pub fn checked(&self, contract: Arc<crate::contract::Contract>) -> Client {
+        Client {
+            contract: Some(contract),
+            ..self.clone()
         }
     }
 
@@ -166,6 +178,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Result<Resp, String> {
+        let method_name = method.as_str().to_owned();
         let mut b = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path));
@@ -209,6 +222,15 @@ impl Client {
             .await
             .map_err(|e| format!("body broke off: {e}"))?
             .to_bytes();
+        if let Some(c) = &self.contract {
+            let media = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            if let Err(e) = c.check(&method_name, path, parts.status, media, &body) {
+                panic!("the answer does not match the API document: {e}");
+            }
+        }
         Ok(Resp {
             status: parts.status,
             headers: parts.headers,

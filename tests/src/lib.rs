@@ -5,6 +5,8 @@
 //!   `repo-server`, the gateway, or `repo-server-failpoints` with a fail point armed), started
 //!   from a [`Launch`]; the `bench` binary starts its servers with it too.
 //! - [`Client`]: an HTTP client (h2c prior knowledge, HTTP/1.1, or HTTP/2 over TLS) built on hyper.
+//! - [`contract`]: the served OpenAPI document as an oracle: a [`Client`] made
+//!   [`Client::checked`] checks every answer's status, media type and JSON body against it.
 //! - [`backup`]: a minimal mover used to drive whole sessions.
 //! - [`images`]: disk images made with real tools. [`jobs`]: GC and verify to completion.
 //! - [`wan`]: the WAN emulator (delay, bandwidth, cuts), for the WAN tests and `bench wan`.
@@ -13,6 +15,7 @@
 
 pub mod backup;
 pub mod client;
+pub mod contract;
 pub mod images;
 pub mod jobs;
 pub mod mover;

@@ -233,9 +233,9 @@ impl Batch<'_> {
     }
 
     /// Stores a job report.
-    pub fn put_job(&mut self, id: &str, report: &serde_json::Value) {
-        self.wb
-            .put_cf(self.cat.cf(Cf::Jobs), id, report.to_string());
+    pub fn put_job(&mut self, id: &str, report: &schema::api::JobStatus) {
+        let text = serde_json::to_string(report).unwrap_or_default();
+        self.wb.put_cf(self.cat.cf(Cf::Jobs), id, text);
     }
 
     /// Removes a row that does not decode (offline repair).
@@ -463,7 +463,7 @@ impl Catalog {
     ///
     /// # Errors
     /// RocksDB or decoding errors.
-    pub fn job(&self, id: &str) -> Result<Option<serde_json::Value>> {
+    pub fn job(&self, id: &str) -> Result<Option<schema::api::JobStatus>> {
         self.get_json(Cf::Jobs, id, "decoding a job")
     }
 

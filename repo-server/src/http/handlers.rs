@@ -8,9 +8,10 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use schema::api::{Capabilities, CommitRequest, CreateSession, Digests, JobStarted};
+use schema::api::{
+    Capabilities, CommitRequest, CommitResponse, CreateSession, Digests, JobStarted, PruneRequest,
+};
 use schema::{BackupId, ChunkId, DiskName, ErrorCode, SessionId, API_VERSION, BLOCK_SIZES};
-use serde_json::json;
 
 use super::body::{self, JsonBody, OptionalJson, OCTET};
 use super::extract::{blocking, header as hdr, Id, Ids, RawPath};
@@ -22,7 +23,6 @@ use crate::repo::ingest::Stored;
 use crate::repo::read::{Cursor, ListQuery};
 
 const ZSTD: &str = "application/zstd";
-const OPENAPI: &str = include_str!("../../openapi.json");
 
 fn with_header(mut r: Response, name: &'static str, value: impl ToString) -> Response {
     if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
@@ -63,8 +63,26 @@ pub(super) async fn capabilities(State(st): State<AppState>) -> Response {
     json_body(&caps, StatusCode::OK)
 }
 
+pub(super) async fn whoami(caller: Caller) -> Response {
+    use crate::config::Role;
+    let role = match caller.role {
+        Role::Backup => schema::api::TokenRole::Backup,
+        Role::Reader => schema::api::TokenRole::Reader,
+        Role::Admin => schema::api::TokenRole::Admin,
+    };
+    let me = schema::api::Identity {
+        tenant: caller.tenant,
+        role,
+    };
+    json_body(&me, StatusCode::OK)
+}
+
 pub(super) async fn openapi() -> Response {
-    with_header(OPENAPI.into_response(), "content-type", "application/json")
+    with_header(
+        super::openapi::text().into_response(),
+        "content-type",
+        "application/json",
+    )
 }
 
 pub(super) async fn create_session(
@@ -178,7 +196,12 @@ pub(super) async fn commit(
     } else {
         StatusCode::OK
     };
-    let r = json_body(&json!({ "backup_id": done.backup_id }), code);
+    let r = json_body(
+        &CommitResponse {
+            backup_id: done.backup_id.clone(),
+        },
+        code,
+    );
     Ok(with_header(
         r,
         "location",
@@ -383,15 +406,6 @@ pub(super) async fn get_job(
     let repo = st.repo.clone();
     let j = blocking(move || repo.job(&caller, &id)).await?;
     Ok(json_body(&j, StatusCode::OK))
-}
-
-/// `POST /v1/admin/prune` body: `dry_run` is required, so an empty request deletes nothing.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct PruneRequest {
-    dry_run: bool,
-    #[serde(default)]
-    source: Option<String>,
 }
 
 pub(super) async fn prune(

@@ -12,13 +12,19 @@
 //!   blocking thread, and maps the result.
 //! - [`range`]: single-range `Range` parsing for image downloads.
 //!
-//! [`ROUTES`] is the list of (method, path) pairs the router serves; the OpenAPI document at
-//! `/v1/openapi.json` is checked against it by the tests.
+//! - [`openapi`]: the OpenAPI document of `/v1/openapi.json`, generated from the schema types and
+//!   one operation per route.
+//! - [`console`]: the storage admin's web console at `/` (assets compiled in, strict headers).
+//!
+//! [`ROUTES`] is the list of (method, path) pairs the router serves; the OpenAPI document's
+//! operations are checked against it by the tests.
 
 pub mod body;
+pub mod console;
 pub mod drain;
 pub mod extract;
 pub mod handlers;
+pub mod openapi;
 pub mod range;
 pub mod upload;
 
@@ -106,6 +112,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("get", "/v1/capabilities"),
     ("get", "/v1/openapi.json"),
+    ("get", "/v1/whoami"),
     ("put", "/v1/sessions/{id}"),
     ("get", "/v1/sessions/{id}"),
     ("delete", "/v1/sessions/{id}"),
@@ -142,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(h::metrics))
         .route("/v1/capabilities", get(h::capabilities))
         .route("/v1/openapi.json", get(h::openapi))
+        .route("/v1/whoami", get(h::whoami))
         .route(
             "/v1/sessions/{id}",
             put(h::create_session)
@@ -177,6 +185,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/retention/{source}",
             put(h::put_retention).delete(h::delete_retention),
         )
+        .merge(console::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,

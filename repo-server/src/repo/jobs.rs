@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde_json::{json, Value};
+use schema::api::{JobProgress, JobState, JobStatus};
+use serde_json::Value;
 
 use super::{now_ms, Repository};
 use crate::auth::Caller;
@@ -19,7 +20,7 @@ use crate::error::{Error, Result};
 /// Jobs started since the server began (finished ones are also kept in the catalog).
 #[derive(Debug, Default)]
 pub struct JobTable {
-    jobs: Mutex<HashMap<String, Value>>,
+    jobs: Mutex<HashMap<String, JobStatus>>,
     seq: AtomicU64,
 }
 
@@ -36,12 +37,12 @@ impl Progress {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
     }
 
-    fn json(&self) -> Value {
-        json!({
-            "phase": *self.phase.lock().unwrap_or_else(|e| e.into_inner()),
-            "done": self.done.load(Ordering::Relaxed),
-            "total": self.total.load(Ordering::Relaxed),
-        })
+    fn snapshot(&self) -> JobProgress {
+        JobProgress {
+            phase: (*self.phase.lock().unwrap_or_else(|e| e.into_inner())).to_owned(),
+            done: self.done.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -50,7 +51,7 @@ impl Repository {
     ///
     /// # Errors
     /// 403, 404.
-    pub fn job(&self, caller: &Caller, id: &str) -> Result<Value> {
+    pub fn job(&self, caller: &Caller, id: &str) -> Result<JobStatus> {
         caller.require_admin()?;
         if let Some(j) = self
             .jobs
@@ -78,7 +79,16 @@ impl Repository {
         let n = self.jobs.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{kind}-{}-{n}", now_ms());
         let started = schema::time::rfc3339(now_ms());
-        let running = json!({ "id": id, "kind": kind, "state": "running", "started": started });
+        let running = JobStatus {
+            id: id.clone(),
+            kind: kind.to_owned(),
+            state: JobState::Running,
+            started: started.clone(),
+            finished: None,
+            progress: None,
+            result: None,
+            error: None,
+        };
         self.jobs
             .jobs
             .lock()
@@ -102,8 +112,8 @@ impl Repository {
                     .unwrap_or_else(|e| e.into_inner())
                     .get_mut(&tick_id)
                 {
-                    if j["state"] == "running" {
-                        j["progress"] = p2.json();
+                    if j.state == JobState::Running {
+                        j.progress = Some(p2.snapshot());
                     }
                 }
                 std::thread::sleep(std::time::Duration::from_millis(200));
@@ -112,19 +122,22 @@ impl Repository {
         std::thread::spawn(move || {
             let outcome = work(&repo, &progress);
             done_flag.store(true, Ordering::Relaxed);
-            let mut report = json!({
-                "id": job_id, "kind": kind, "started": started, "finished": schema::time::rfc3339(now_ms()),
-                "progress": progress.json(),
-            });
+            let mut report = JobStatus {
+                id: job_id.clone(),
+                kind: kind.to_owned(),
+                state: JobState::Done,
+                started,
+                finished: Some(schema::time::rfc3339(now_ms())),
+                progress: Some(progress.snapshot()),
+                result: None,
+                error: None,
+            };
             match outcome {
-                Ok(result) => {
-                    report["state"] = json!("done");
-                    report["result"] = result;
-                }
+                Ok(result) => report.result = Some(result),
                 Err(e) => {
                     tracing::error!(job = %job_id, error = %e, "job failed");
-                    report["state"] = json!("failed");
-                    report["error"] = json!(e.to_string());
+                    report.state = JobState::Failed;
+                    report.error = Some(e.to_string());
                 }
             }
             let mut b = repo.catalog.batch();
@@ -132,7 +145,7 @@ impl Repository {
             if let Err(e) = repo.catalog.write(b) {
                 tracing::error!(job = %job_id, error = %e, "could not persist job report");
             }
-            tracing::info!(job = %job_id, report = %report, "job finished");
+            tracing::info!(job = %job_id, report = ?report, "job finished");
             repo.jobs
                 .jobs
                 .lock()

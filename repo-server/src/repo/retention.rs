@@ -2,10 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use schema::api::{Manifest, SessionState};
+use schema::api::{
+    Manifest, PolicyOrigin, PolicySet, PruneReport, PruneSkip, PruneSource, RetentionView,
+    SessionState, SourcePolicy,
+};
 use schema::retention::{self, Policy};
 use schema::ErrorCode;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::Repository;
 use crate::auth::Caller;
@@ -56,22 +59,26 @@ impl Repository {
     ///
     /// # Errors
     /// 403 for non-admins, RocksDB errors.
-    pub fn retention(&self, caller: &Caller) -> Result<Value> {
+    pub fn retention(&self, caller: &Caller) -> Result<RetentionView> {
         caller.require_admin()?;
         let r = &self.settings.retention;
-        let mut sources = serde_json::Map::new();
+        let mut sources = BTreeMap::new();
+        let entry = |policy: &Policy, origin| SourcePolicy {
+            policy: policy.clone(),
+            origin,
+        };
         for (name, p) in &r.sources {
-            sources.insert(name.clone(), json!({ "policy": p, "origin": "config" }));
+            sources.insert(name.clone(), entry(p, PolicyOrigin::Config));
         }
         for (name, p) in self.catalog.policies()? {
-            sources.insert(name, json!({ "policy": p, "origin": "api" }));
+            sources.insert(name, entry(&p, PolicyOrigin::Api));
         }
-        Ok(json!({
-            "min_age_seconds": self.settings.min_age_ms / 1000,
-            "schedule_seconds": r.schedule.map(|d| d.as_secs()),
-            "default": r.default,
-            "sources": sources,
-        }))
+        Ok(RetentionView {
+            min_age_seconds: (self.settings.min_age_ms / 1000).max(0) as u64,
+            schedule_seconds: r.schedule.map(|d| d.as_secs()),
+            default: r.default.clone(),
+            sources,
+        })
     }
 
     /// `PUT /v1/admin/retention/{source}`: sets the source's policy, overriding the config's.
@@ -79,14 +86,18 @@ impl Repository {
     ///
     /// # Errors
     /// 403, 400 for a bad source name, RocksDB errors.
-    pub fn set_policy(&self, caller: &Caller, source: &str, p: &Policy) -> Result<Value> {
+    pub fn set_policy(&self, caller: &Caller, source: &str, p: &Policy) -> Result<PolicySet> {
         caller.require_admin()?;
         check_source(source)?;
         let mut b = self.catalog.batch();
         b.put_policy(source, p)?;
         self.catalog.write(b)?;
         tracing::info!(source, policy = ?p, "retention policy set");
-        Ok(json!({ "source": source, "policy": p, "origin": "api" }))
+        Ok(PolicySet {
+            source: source.to_owned(),
+            policy: p.clone(),
+            origin: PolicyOrigin::Api,
+        })
     }
 
     /// `DELETE /v1/admin/retention/{source}`: drops the policy set over the API (the config's,
@@ -112,7 +123,7 @@ impl Repository {
     ///
     /// # Errors
     /// 403 for non-admins, RocksDB errors.
-    pub fn prune(&self, caller: &Caller, dry_run: bool, only: Option<&str>) -> Result<Value> {
+    pub fn prune(&self, caller: &Caller, dry_run: bool, only: Option<&str>) -> Result<PruneReport> {
         caller.require_admin()?;
         self.apply_retention(dry_run, only)
     }
@@ -121,7 +132,7 @@ impl Repository {
     ///
     /// # Errors
     /// RocksDB errors; 503 while the stores refuse to delete (a fenced gateway).
-    pub fn apply_retention(&self, dry_run: bool, only: Option<&str>) -> Result<Value> {
+    pub fn apply_retention(&self, dry_run: bool, only: Option<&str>) -> Result<PruneReport> {
         if !dry_run {
             self.stores_writable("pruning")?;
         }
@@ -139,7 +150,16 @@ impl Repository {
         let mut report = Vec::new();
         for ((tenant, source), backups) in groups {
             let Some(policy) = self.policy_for(&api, &source) else {
-                report.push(json!({ "tenant": tenant, "source": source, "policy": null, "kept": backups.len() }));
+                let mut kept: Vec<&Manifest> = backups.iter().collect();
+                kept.sort_by(|a, b| b.created.cmp(&a.created));
+                report.push(PruneSource {
+                    tenant,
+                    source,
+                    policy: None,
+                    kept: kept.into_iter().map(|m| m.id.clone()).collect(),
+                    pruned: Vec::new(),
+                    skipped: Vec::new(),
+                });
                 continue;
             };
             let times: Vec<(String, i64)> = backups
@@ -173,17 +193,28 @@ impl Repository {
                             ErrorCode::BackupImmutable | ErrorCode::BackupInUse
                         ) =>
                     {
-                        skipped.push(json!({ "id": m.id, "reason": e.code, "message": e.message }));
+                        skipped.push(PruneSkip {
+                            id: m.id.clone(),
+                            reason: e.code,
+                            message: e.message,
+                        });
                     }
                     Err(e) => return Err(e),
                 }
             }
-            report.push(json!({
-                "tenant": tenant, "source": source, "policy": policy,
-                "kept": kept, "pruned": pruned, "skipped": skipped,
-            }));
+            report.push(PruneSource {
+                tenant,
+                source,
+                policy: Some(policy),
+                kept,
+                pruned,
+                skipped,
+            });
         }
-        Ok(json!({ "dry_run": dry_run, "sources": report }))
+        Ok(PruneReport {
+            dry_run,
+            sources: report,
+        })
     }
 
     /// The checks every deletion passes (also what a dry-run prune reports): not inside the

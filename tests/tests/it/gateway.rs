@@ -71,6 +71,15 @@ async fn full_and_cbt_incremental_through_the_gateway_restore_byte_for_byte() {
     let url = gw.url();
     let caps = Client::h2(&url, None).get("/v1/capabilities").await.json();
     assert_eq!(caps["store"], "smb", "{caps}");
+    // The gateway serves the same console and generated API document as repo-server.
+    let page = Client::h1(&url, None).get("/").await;
+    assert_eq!(page.status, http::StatusCode::OK);
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert_eq!(csp, repo_server::http::console::CSP);
+    let doc = Client::h2(&url, None).get("/v1/openapi.json").await.json();
+    let paths: std::collections::BTreeSet<&str> =
+        repo_server::http::ROUTES.iter().map(|r| r.1).collect();
+    assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(paths.len()));
     let mc = client(&url);
     let img = dir.path().join("disk.raw");
     let day1 = raw_image(&img, 24, 7);
