@@ -9,6 +9,7 @@ const nav = document.getElementById('nav');
 const who = document.getElementById('who');
 const signout = document.getElementById('signout');
 let me = null;
+let generation = 0;
 
 /** Shows an error: the API's message and code, as the API gave them. */
 function report(e) {
@@ -25,6 +26,8 @@ function clearError() {
 }
 
 function signInPage() {
+  generation++;
+  main.setAttribute('aria-busy', 'false');
   nav.hidden = true;
   signout.hidden = true;
   who.textContent = '';
@@ -70,22 +73,29 @@ async function render() {
   const params = new URLSearchParams(query || '');
   const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
   for (const a of nav.querySelectorAll('a')) a.classList.toggle('active', a.getAttribute('href') === '#/' + (parts[0] || ''));
+  // Each page is built off-screen and shown only if no later navigation started meanwhile.
+  const mine = ++generation;
+  const page = document.createElement('div');
   main.setAttribute('aria-busy', 'true');
   try {
     switch (parts[0] || '') {
-      case '': await views.overview(main, me); break;
-      case 'source': await views.source(main, me, parts[1], params); break;
-      case 'backup': await views.backup(main, me, parts[1]); break;
-      case 'files': await views.files(main, me, parts[1], params); break;
-      case 'file': await views.file(main, me, parts[1], params); break;
-      case 'search': await views.search(main, me, params); break;
-      case 'jobs': await views.jobs(main, me, params, report); break;
-      default: main.replaceChildren(views.el('p', {}, 'No such page.'));
+      case '': await views.overview(page, me); break;
+      case 'source': await views.source(page, me, parts[1], params); break;
+      case 'backup': await views.backup(page, me, parts[1]); break;
+      case 'files': await views.files(page, me, parts[1], params); break;
+      case 'file': await views.file(page, me, parts[1], params); break;
+      case 'search': await views.search(page, me, params); break;
+      case 'jobs': await views.jobs(page, me, params, report); break;
+      default: page.replaceChildren(views.el('p', {}, 'No such page.'));
     }
+    if (mine === generation) main.replaceChildren(page);
   } catch (e) {
-    report(e);
+    if (mine === generation) {
+      main.replaceChildren(page);
+      report(e);
+    }
   } finally {
-    main.setAttribute('aria-busy', 'false');
+    if (mine === generation) main.setAttribute('aria-busy', 'false');
   }
 }
 

@@ -305,7 +305,7 @@ export async function search(main, me, params) {
   const f = {
     name: params.get('name') || '', path: params.get('path') || '', source: params.get('source') || '',
     since: params.get('since') || '', until: params.get('until') || '', limit: params.get('limit') || '50',
-    after: params.get('after') || '',
+    after: params.get('after') || '', tenant: params.get('tenant') || '',
   };
   const input = (k, label, attrs) => el('label', {}, label, el('input', Object.assign({ id: 'q-' + k, name: k, value: f[k] }, attrs || {})));
   const form = el('form', { id: 'search-form', class: 'filters' },
@@ -315,11 +315,14 @@ export async function search(main, me, params) {
     input('since', 'Since', { placeholder: '2026-11-25T00:00:00Z' }),
     input('until', 'Until'),
     input('limit', 'Per page', { type: 'number', min: 1, max: 1000 }),
+    me.role === 'admin' ? input('tenant', 'Tenant', { placeholder: me.tenant }) : null,
     el('button', { type: 'submit', id: 'search-go' }, 'Search'));
   form.addEventListener('submit', ev => {
     ev.preventDefault();
     const n = {};
-    for (const k of ['name', 'path', 'source', 'since', 'until', 'limit']) n[k] = form.elements[k].value.trim();
+    for (const k of ['name', 'path', 'source', 'since', 'until', 'limit', 'tenant']) {
+      if (form.elements[k]) n[k] = form.elements[k].value.trim();
+    }
     location.hash = '#/search?' + q(n);
   });
   main.replaceChildren(el('h1', {}, 'Search files'), form);
@@ -440,7 +443,10 @@ export async function jobs(main, me, _params, report) {
     }
     list.replaceChildren(table(['Job', 'Kind', 'State', 'Progress', 'Started', 'Finished', 'Result'], rows, { id: 'job-table' }));
     clearTimeout(timer);
-    if (running && document.body.contains(list)) timer = setTimeout(() => refresh().catch(report), 500);
+    // Poll while a job runs and the page is shown (on the first round it is still being built).
+    if (running && (first || list.isConnected)) timer = setTimeout(() => refresh().catch(report), 500);
   }
+  let first = true;
   await refresh();
+  first = false;
 }

@@ -115,7 +115,8 @@ impl Contract {
         if media != "application/json" {
             return Ok(());
         }
-        let v: Value = serde_json::from_slice(body).map_err(|e| format!("{what}: not JSON: {e}"))?;
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| format!("{what}: not JSON: {e}"))?;
         let mut errors = Vec::new();
         self.validate(&entry["schema"], &v, "$", &mut errors);
         if errors.is_empty() {

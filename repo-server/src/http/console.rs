@@ -75,7 +75,10 @@ pub fn secure(mut r: Response, media: &'static str, cache: &'static str) -> Resp
         ("x-frame-options", "DENY"),
         ("cross-origin-opener-policy", "same-origin"),
         ("cross-origin-resource-policy", "same-origin"),
-        ("permissions-policy", "camera=(), microphone=(), geolocation=()"),
+        (
+            "permissions-policy",
+            "camera=(), microphone=(), geolocation=()",
+        ),
         ("cache-control", cache),
     ] {
         h.insert(name, HeaderValue::from_static(value));
@@ -93,11 +96,9 @@ async fn index() -> Response {
 
 async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
-        Some((_, media, body)) => secure(
-            (StatusCode::OK, *body).into_response(),
-            media,
-            "no-cache",
-        ),
+        Some((_, media, body)) => {
+            secure((StatusCode::OK, *body).into_response(), media, "no-cache")
+        }
         None => {
             let e = Error::new(ErrorCode::NotFound, format!("no console asset {file:?}"));
             secure(e.into_response(), "application/json", "no-store")

@@ -51,8 +51,14 @@ async fn console_assets_are_served_with_strict_headers_and_no_inline_code() {
     assert!(!scripts.is_empty());
     for s in &scripts {
         let tag = &s[..s.find('>').unwrap()];
-        assert!(tag.contains("src=\"/console/"), "inline or foreign script: {tag}");
-        assert!(s[s.find('>').unwrap() + 1..].starts_with("</script>"), "script with a body");
+        assert!(
+            tag.contains("src=\"/console/"),
+            "inline or foreign script: {tag}"
+        );
+        assert!(
+            s[s.find('>').unwrap() + 1..].starts_with("</script>"),
+            "script with a body"
+        );
     }
     assert!(!html.contains(" style="), "inline style");
     for (i, _) in html.match_indices(" on") {
@@ -158,14 +164,22 @@ async fn console_in_headless_chromium() {
         .unwrap();
         std::fs::write(tree.join("etc/hostname"), format!("web-1 day {day}\n")).unwrap();
         let img = build(&d, "web", Layout::ext4(Table::Gpt, 4096, 40, 4, 1), &tree);
-        let r = backup(&mc, &opts("web-1", &img.path, &state)).await.unwrap();
+        let r = backup(&mc, &opts("web-1", &img.path, &state))
+            .await
+            .unwrap();
         assert!(r.files_indexed > 150, "{r:?}");
         reports.push(r);
         trees.push(tree);
     }
     assert!(reports[0].base.is_none());
-    assert_eq!(reports[1].base.as_deref(), Some(reports[0].backup_id.as_str()));
-    assert_eq!(reports[2].base.as_deref(), Some(reports[1].backup_id.as_str()));
+    assert_eq!(
+        reports[1].base.as_deref(),
+        Some(reports[0].backup_id.as_str())
+    );
+    assert_eq!(
+        reports[2].base.as_deref(),
+        Some(reports[1].backup_id.as_str())
+    );
     // Another tenant's source.
     let b = a.with_token(Some(BACKUP_B));
     let data = test_data(600_000, 3);
@@ -192,7 +206,10 @@ async fn console_in_headless_chromium() {
     let search = a.get("/v1/search?name=nginx.conf").await.json();
     assert_eq!(search["total"], 3, "{search}");
     let latest = &reports[2];
-    let m = a.get(&format!("/v1/backups/{}", latest.backup_id)).await.json();
+    let m = a
+        .get(&format!("/v1/backups/{}", latest.backup_id))
+        .await
+        .json();
     let fs = &m["file_indexes"][0];
     assert_eq!(
         admin.get("/v1/stats").await.json()["backups"],
@@ -224,7 +241,7 @@ async fn console_in_headless_chromium() {
             "disk": fs["disk"], "partition": fs["partition"], "path": "/srv/large.bin",
             "original": trees[2].join("srv/large.bin"),
         },
-        "search": { "name": "nginx.conf", "total": 3 },
+        "search": { "name": "nginx.conf", "total": 3, "tenant": "acme" },
         "screenshots": docs,
         "downloads": downloads,
         "profile": dir.path().join("chromium-profile"),
@@ -255,7 +272,17 @@ async fn console_in_headless_chromium() {
         out.status
     );
     assert!(stdout.contains("all checks passed"), "{stdout}");
-    for shot in ["signin-error", "overview", "overview-phone", "chain", "backup", "files", "file", "search", "jobs"] {
+    for shot in [
+        "signin-error",
+        "overview",
+        "overview-phone",
+        "chain",
+        "backup",
+        "files",
+        "file",
+        "search",
+        "jobs",
+    ] {
         let p = docs.join(format!("{shot}.png"));
         let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         assert!(len > 5_000, "screenshot {} is {len} bytes", p.display());

@@ -54,8 +54,20 @@ async fn document_lists_every_route_and_error_code() {
     assert_eq!(ours, codes);
     // Generated from the types: the manifest's schema names every field the type serialises.
     let manifest = &doc["components"]["schemas"]["Manifest"]["properties"];
-    for f in ["id", "tenant", "source", "created", "base", "disks", "stats", "file_indexes"] {
-        assert!(manifest.get(f).is_some(), "Manifest.{f} missing: {manifest}");
+    for f in [
+        "id",
+        "tenant",
+        "source",
+        "created",
+        "base",
+        "disks",
+        "stats",
+        "file_indexes",
+    ] {
+        assert!(
+            manifest.get(f).is_some(),
+            "Manifest.{f} missing: {manifest}"
+        );
     }
     srv.stop().await;
 }
@@ -154,7 +166,11 @@ async fn every_route_answers_success_and_errors_as_documented() {
     expect(&anon.get("/v1/capabilities").await, S::OK, "");
     expect(&anon.get("/v1/openapi.json").await, S::OK, "");
     expect(&a.get("/v1/whoami").await, S::OK, "");
-    expect(&anon.get("/v1/whoami").await, S::UNAUTHORIZED, "UNAUTHORIZED");
+    expect(
+        &anon.get("/v1/whoami").await,
+        S::UNAUTHORIZED,
+        "UNAUTHORIZED",
+    );
 
     // A whole session through the checked client: create, find-missing, chunks, entries, commit.
     let data = test_data(900_000, 7);
@@ -180,12 +196,14 @@ async fn every_route_answers_success_and_errors_as_documented() {
 
     // Sessions: 200 on an identical create, state, abort, and their errors.
     let s = new_session();
-    let spec = json!({"source": "vm-s", "disks": [{"name": "d0", "size": 10, "block_size": 262144}]});
+    let spec =
+        json!({"source": "vm-s", "disks": [{"name": "d0", "size": 10, "block_size": 262144}]});
     let sp = format!("/v1/sessions/{s}");
     expect(&a.json(Method::PUT, &sp, &spec).await, S::CREATED, "");
     expect(&a.json(Method::PUT, &sp, &spec).await, S::OK, "");
     expect(&a.get(&sp).await, S::OK, "");
-    let other = json!({"source": "vm-t", "disks": [{"name": "d0", "size": 10, "block_size": 262144}]});
+    let other =
+        json!({"source": "vm-t", "disks": [{"name": "d0", "size": 10, "block_size": 262144}]});
     expect(
         &a.json(Method::PUT, &sp, &other).await,
         S::CONFLICT,
@@ -261,13 +279,8 @@ async fn every_route_answers_success_and_errors_as_documented() {
         "NOT_FOUND",
     );
     expect(
-        &a.send(
-            Method::DELETE,
-            "/v1/sessions/zzz",
-            &[],
-            Vec::new(),
-        )
-        .await,
+        &a.send(Method::DELETE, "/v1/sessions/zzz", &[], Vec::new())
+            .await,
         S::BAD_REQUEST,
         "BAD_ID",
     );
@@ -278,14 +291,24 @@ async fn every_route_answers_success_and_errors_as_documented() {
     expect(&idx, S::OK, "");
     let first = schema::ChunkId::from_slice(&idx.body[..32]).unwrap();
     expect(
-        &a.send(Method::HEAD, &format!("/v1/chunks/{first}"), &[], Vec::new())
-            .await,
+        &a.send(
+            Method::HEAD,
+            &format!("/v1/chunks/{first}"),
+            &[],
+            Vec::new(),
+        )
+        .await,
         S::OK,
         "",
     );
     expect(
-        &a.send(Method::HEAD, &format!("/v1/chunks/{chunk}"), &[], Vec::new())
-            .await,
+        &a.send(
+            Method::HEAD,
+            &format!("/v1/chunks/{chunk}"),
+            &[],
+            Vec::new(),
+        )
+        .await,
         S::NOT_FOUND,
         "",
     );
@@ -298,7 +321,11 @@ async fn every_route_answers_success_and_errors_as_documented() {
 
     // Catalog.
     expect(&a.get("/v1/sources").await, S::OK, "");
-    expect(&anon.get("/v1/sources").await, S::UNAUTHORIZED, "UNAUTHORIZED");
+    expect(
+        &anon.get("/v1/sources").await,
+        S::UNAUTHORIZED,
+        "UNAUTHORIZED",
+    );
     expect(&a.get("/v1/backups?limit=1").await, S::OK, "");
     expect(
         &a.get("/v1/backups?limit=0").await,
@@ -340,13 +367,25 @@ async fn every_route_answers_success_and_errors_as_documented() {
     // Guest files: a real ext4 image through the real mover.
     let dir = tempfile::tempdir().unwrap();
     let tree = make_tree(dir.path());
-    let image = build(dir.path(), "g", Layout::ext4(Table::Gpt, 4096, 24, 2, 1), &tree);
+    let image = build(
+        dir.path(),
+        "g",
+        Layout::ext4(Table::Gpt, 4096, 24, 2, 1),
+        &tree,
+    );
     let mc = client(&url);
-    let rep = backup(&mc, &opts("vm-files", &image.path, &dir.path().join("state")))
-        .await
-        .unwrap();
+    let rep = backup(
+        &mc,
+        &opts("vm-files", &image.path, &dir.path().join("state")),
+    )
+    .await
+    .unwrap();
     let g = &rep.backup_id;
-    expect(&a.get(&format!("/v1/backups/{g}/files?path=/")).await, S::OK, "");
+    expect(
+        &a.get(&format!("/v1/backups/{g}/files?path=/")).await,
+        S::OK,
+        "",
+    );
     expect(
         &a.get(&format!("/v1/backups/{g}/files?path=/nope")).await,
         S::NOT_FOUND,
@@ -365,7 +404,9 @@ async fn every_route_answers_success_and_errors_as_documented() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["kind"] == "file" && e["size"].as_u64().unwrap() > 100 && e["excluded"] == false)
+        .find(|e| {
+            e["kind"] == "file" && e["size"].as_u64().unwrap() > 100 && e["excluded"] == false
+        })
         .expect("a regular file")["path"]
         .as_str()
         .unwrap()
@@ -376,8 +417,13 @@ async fn every_route_answers_success_and_errors_as_documented() {
     );
     expect(&a.get(&content).await, S::OK, "");
     expect(
-        &a.send(Method::GET, &content, &[("range", "bytes=1-10")], Vec::new())
-            .await,
+        &a.send(
+            Method::GET,
+            &content,
+            &[("range", "bytes=1-10")],
+            Vec::new(),
+        )
+        .await,
         S::PARTIAL_CONTENT,
         "",
     );
@@ -421,7 +467,11 @@ async fn every_route_answers_success_and_errors_as_documented() {
     job_done(&admin, v.json()["job"].as_str().unwrap()).await;
     expect(
         &admin
-            .json(Method::POST, "/v1/admin/verify", &json!({"fraction": "all"}))
+            .json(
+                Method::POST,
+                "/v1/admin/verify",
+                &json!({"fraction": "all"}),
+            )
             .await,
         S::UNPROCESSABLE_ENTITY,
         "INVALID_BODY",
@@ -431,7 +481,11 @@ async fn every_route_answers_success_and_errors_as_documented() {
         S::NOT_FOUND,
         "NOT_FOUND",
     );
-    expect(&a.get("/v1/admin/jobs/gc-0-0").await, S::FORBIDDEN, "FORBIDDEN");
+    expect(
+        &a.get("/v1/admin/jobs/gc-0-0").await,
+        S::FORBIDDEN,
+        "FORBIDDEN",
+    );
     let policy = json!({"keep_last": 1});
     expect(
         &admin
@@ -448,7 +502,11 @@ async fn every_route_answers_success_and_errors_as_documented() {
         "INVALID_BODY",
     );
     expect(&admin.get("/v1/admin/retention").await, S::OK, "");
-    expect(&a.get("/v1/admin/retention").await, S::FORBIDDEN, "FORBIDDEN");
+    expect(
+        &a.get("/v1/admin/retention").await,
+        S::FORBIDDEN,
+        "FORBIDDEN",
+    );
     // The dry run names the full backup the policy would drop, immutable for an hour.
     let dry = admin
         .json(Method::POST, "/v1/admin/prune", &json!({"dry_run": true}))
@@ -465,7 +523,9 @@ async fn every_route_answers_success_and_errors_as_documented() {
     assert_eq!(vm_a["kept"], json!([incr]));
     assert_eq!(vm_a["skipped"][0]["reason"], "BACKUP_IMMUTABLE", "{vm_a}");
     expect(
-        &admin.json(Method::POST, "/v1/admin/prune", &json!({})).await,
+        &admin
+            .json(Method::POST, "/v1/admin/prune", &json!({}))
+            .await,
         S::UNPROCESSABLE_ENTITY,
         "INVALID_BODY",
     );
@@ -485,14 +545,24 @@ async fn every_route_answers_success_and_errors_as_documented() {
     );
     expect(
         &admin
-            .send(Method::DELETE, &format!("/v1/backups/{full}"), &[], Vec::new())
+            .send(
+                Method::DELETE,
+                &format!("/v1/backups/{full}"),
+                &[],
+                Vec::new(),
+            )
             .await,
         S::CONFLICT,
         "BACKUP_IMMUTABLE",
     );
     expect(
-        &a.send(Method::DELETE, &format!("/v1/backups/{full}"), &[], Vec::new())
-            .await,
+        &a.send(
+            Method::DELETE,
+            &format!("/v1/backups/{full}"),
+            &[],
+            Vec::new(),
+        )
+        .await,
         S::FORBIDDEN,
         "FORBIDDEN",
     );
@@ -505,12 +575,21 @@ async fn every_route_answers_success_and_errors_as_documented() {
     expect(
         &anon2
             .with_token(Some(ADMIN))
-            .send(Method::DELETE, &format!("/v1/backups/{one}"), &[], Vec::new())
+            .send(
+                Method::DELETE,
+                &format!("/v1/backups/{one}"),
+                &[],
+                Vec::new(),
+            )
             .await,
         S::NO_CONTENT,
         "",
     );
-    expect(&anon2.get("/metrics").await, S::UNAUTHORIZED, "UNAUTHORIZED");
+    expect(
+        &anon2.get("/metrics").await,
+        S::UNAUTHORIZED,
+        "UNAUTHORIZED",
+    );
     srv2.stop().await;
 
     // Coverage: every route answered with success, and with an error where it has any.
