@@ -131,6 +131,11 @@ assert len(D.find_elements(By.CSS_SELECTOR, "#chart-stored circle")) == CFG["all
 assert len(D.find_elements(By.CSS_SELECTOR, "#chart-dedup circle")) == CFG["all_backups"]
 shot("overview")
 shot("overview-phone", PHONE)
+# Phone width: the page itself never scrolls sideways (wide tables scroll in their own box).
+D.set_window_size(*PHONE)
+wide = D.execute_script("return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+D.set_window_size(*LAPTOP)
+assert wide[0] <= wide[1], wide
 
 # 3. The source's chain: counts, kinds and base links as made by the real backups.
 step("chain")

@@ -2,7 +2,7 @@
 //! no inline script, style or handler and nothing from another origin; and, in a real headless
 //! Chromium over WebDriver (tests/browser/console.py), a wrong token shows the API's error, an
 //! admin sees the repository and a source's chain of three real mover backups with the API's
-//! counts, opens a backup, browses to a file and downloads it byte for byte, searches a name
+//! counts (and the overview does not scroll sideways at a phone's width), opens a backup, browses to a file and downloads it byte for byte, searches a name
 //! across the three backups page by page, runs a prune dry run and a verify to its end, and a
 //! backup token of another tenant sees its own source only. The browser run saves the
 //! screenshots in docs/console/.
