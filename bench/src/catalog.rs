@@ -83,6 +83,7 @@ pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> 
             let opts = BackupOptions {
                 source: source.clone(),
                 disks: vec![("disk0".into(), source_mover::source::open(&img)?)],
+                cbt_points: std::collections::BTreeMap::new(),
                 cbt: if first {
                     Default::default()
                 } else {

@@ -98,6 +98,7 @@ pub fn goodput(mib: usize, rate: u64, rtts: &[u64]) -> Result<()> {
                 source: "wan".into(),
                 disks: vec![("disk0".into(), source_mover::source::open(&disk)?)],
                 cbt: BTreeMap::new(),
+                cbt_points: BTreeMap::new(),
                 base: Base::None,
                 block_size: block,
                 zstd_level: level,

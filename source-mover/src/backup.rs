@@ -42,14 +42,40 @@ const HEAL_ROUNDS: usize = 64;
 pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupReport> {
     let started = Instant::now();
     let names: Vec<String> = opts.disks.iter().map(|d| d.0.clone()).collect();
-    let (disks, plans, cbt) = plan_disks(opts).await?;
+    let (disks, plans, mut cbt) = plan_disks(opts).await?;
     let mut session = match Session::open(client, opts, &plans, &cbt).await? {
         Opened::Open(s) => s,
         Opened::Committed(id) => {
-            return report(client, &id, opts, &plans, true, started, BTreeMap::new()).await;
+            let used = Used {
+                cbt: opts.cbt.keys().cloned().collect(),
+                unused: BTreeMap::new(),
+            };
+            return report(
+                client,
+                &id,
+                opts,
+                &plans,
+                true,
+                started,
+                BTreeMap::new(),
+                &used,
+            )
+            .await;
         }
     };
     let base = session.journal.base.clone();
+    let base_manifest = match (&base, cbt.is_empty()) {
+        (Some(b), false) => Some(client.manifest(b).await?),
+        _ => None,
+    };
+    let unused = crate::base::tie(&mut cbt, base_manifest.as_ref(), opts.block_size);
+    for (disk, why) in &unused {
+        eprintln!("source-mover: disk {disk}: reading it in full: {why}");
+    }
+    let used = Used {
+        cbt: cbt.keys().cloned().collect(),
+        unused,
+    };
     let base_index = crate::base::indexes(client, base.as_deref(), &names, opts.block_size).await?;
     let work = crate::base::work(opts, &plans, &cbt, &base_index);
     let inputs = Inputs {
@@ -102,7 +128,17 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     let read_bytes = progress.read.load(Ordering::Relaxed);
     let resumed = session.resumed;
     session.finish().await?;
-    let mut r = report(client, &id, opts, &inputs.plans, resumed, started, skipped).await?;
+    let mut r = report(
+        client,
+        &id,
+        opts,
+        &inputs.plans,
+        resumed,
+        started,
+        skipped,
+        &used,
+    )
+    .await?;
     r.read_bytes = read_bytes;
     r.files_indexed = indexed.entries;
     r.file_index_seconds = indexed.seconds;
@@ -124,10 +160,15 @@ async fn plan_disks(
     BTreeMap<String, ChangedBlocks>,
 )> {
     let names: Vec<&String> = opts.disks.iter().map(|d| &d.0).collect();
-    for n in opts.cbt.keys().chain(opts.excludes.iter().map(|e| &e.0)) {
+    for n in opts
+        .cbt
+        .keys()
+        .chain(opts.cbt_points.keys())
+        .chain(opts.excludes.iter().map(|e| &e.0))
+    {
         if !names.contains(&n) {
             return Err(Error::Invalid(format!(
-                "--cbt/--exclude name disk {n}, which is not one of the --disk names {names:?}"
+                "--cbt/--cbt-point/--exclude name disk {n}, which is not one of the --disk names {names:?}"
             )));
         }
     }
@@ -251,7 +292,15 @@ async fn commit(
     }
 }
 
+/// Which disks' changes this run used, and why the others' were not.
+#[derive(Debug)]
+struct Used {
+    cbt: HashSet<String>,
+    unused: BTreeMap<String, String>,
+}
+
 /// The report of committed backup `id`, from its manifest.
+#[allow(clippy::too_many_arguments)]
 async fn report(
     client: &RepoClient,
     id: &str,
@@ -260,6 +309,7 @@ async fn report(
     resumed: bool,
     started: Instant,
     skipped: BTreeMap<String, u64>,
+    used: &Used,
 ) -> Result<BackupReport> {
     let m = client.manifest(id).await?;
     let disks = opts
@@ -271,7 +321,8 @@ async fn report(
             path: d.describe(),
             size: plan.size,
             found: plan.found.clone(),
-            cbt: opts.cbt.contains_key(n),
+            cbt: used.cbt.contains(n),
+            cbt_unused: used.unused.get(n).cloned(),
         })
         .collect();
     let mut r = BackupReport::from_manifest(id, &m, disks, skipped);

@@ -1,6 +1,7 @@
 //! The base a backup builds on: which backup it is ([`resolve`], before any session exists),
 //! its index of each disk ([`indexes`]), the changed-block lists that must count from it
-//! ([`check_cbt`]), and from those which blocks of each disk this run looks at ([`work`]).
+//! ([`check_cbt`]) or, for dirty bitmaps, be the point it recorded ([`tie`]), and from those
+//! which blocks of each disk this run looks at ([`work`]).
 
 use std::collections::BTreeMap;
 
@@ -77,6 +78,64 @@ pub fn check_cbt(cbt: &BTreeMap<String, ChangedBlocks>, base: Option<&str>) -> R
     }
 }
 
+/// The key of a backup's metadata that records, per disk, the dirty bitmap started at its
+/// point (`--cbt-point`).
+pub const CBT_POINTS: &str = "cbt_points";
+
+/// Keeps only the changes this incremental can use, and says for each other disk with `--cbt`
+/// why it is read in full: no base (a full backup), changes that cannot be read (a bitmap the
+/// export does not offer), a dirty bitmap its base did not record as its point (stale, or from
+/// another chain), or a base without this disk at this block size. `base` is the base's
+/// manifest. JSON lists were already checked against the base ([`check_cbt`]).
+pub fn tie(
+    cbt: &mut BTreeMap<String, ChangedBlocks>,
+    base: Option<&schema::api::Manifest>,
+    block_size: u32,
+) -> BTreeMap<String, String> {
+    let mut unused = BTreeMap::new();
+    for (disk, l) in cbt.iter() {
+        let why = match (base, &l.unusable, &l.bitmap) {
+            (None, _, _) => Some("no base: a full backup reads every block".to_owned()),
+            (_, Some(why), _) => Some(format!("{}: {why}", l.from)),
+            (Some(m), None, bitmap) => {
+                let has_disk = m
+                    .disks
+                    .iter()
+                    .any(|d| d.name.as_str() == disk && d.block_size == block_size);
+                let recorded = m
+                    .metadata
+                    .get(CBT_POINTS)
+                    .and_then(|p| p.get(disk))
+                    .and_then(|v| v.as_str());
+                match bitmap {
+                    _ if !has_disk => Some(format!(
+                        "base {} has no disk {disk} with this block size to apply the changes to",
+                        m.id
+                    )),
+                    Some(b) if recorded != Some(b.as_str()) => Some(format!(
+                        "dirty bitmap {b} is not tied to base {}: {}",
+                        m.id,
+                        match recorded {
+                            Some(r) => format!(
+                                "that backup recorded bitmap {r} as its point (--cbt-point)"
+                            ),
+                            None =>
+                                "that backup recorded no bitmap point for this disk (--cbt-point)"
+                                    .to_owned(),
+                        }
+                    )),
+                    _ => None,
+                }
+            }
+        };
+        if let Some(w) = why {
+            unused.insert(disk.clone(), w);
+        }
+    }
+    cbt.retain(|d, _| !unused.contains_key(d));
+    unused
+}
+
 /// The base's index of each of `names`, when the base has that disk with `block_size`.
 ///
 /// # Errors
@@ -138,10 +197,7 @@ pub fn work(
                     .union(&Ranges::single(base.len() as u64, nblocks))
                     .intersect(&all)
             }
-            (Some(_), None) => {
-                eprintln!("source-mover: disk {name}: no base to apply the CBT list to; reading it in full");
-                all
-            }
+            // No base index ([`tie`] said why) or no changes: every block.
             _ => all,
         };
         work.push(w);

@@ -6,9 +6,16 @@
 //! [`ChangedBlocks::check_base`]), before a session is created.
 //!
 //! [`ChangeList`] is the seam (next to [`crate::source::BlockSource`]): where the changes come
-//! from. Today that is [`JsonList`], a file
+//! from. [`JsonList`] is a file
 //! `{"base": "<backup id>", "changed": [[offset, length], ...]}` (other fields are ignored);
-//! later a hypervisor's dirty bitmap, which must know its base the same way.
+//! [`DirtyBitmap`] is QEMU's `qemu:dirty-bitmap:NAME` read over the disk's NBD connection.
+//!
+//! A bitmap cannot name a backup (it exists before the backup it marks does), so the tie goes
+//! the other way: a backup made with `--cbt-point NAME=BITMAP` records in its metadata
+//! (`cbt_points`) that BITMAP was started at its point, and a bitmap is used only for an
+//! incremental whose base recorded exactly that bitmap ([`crate::base::tie`]). A bitmap the
+//! export does not offer, or that the base did not record, makes the mover read the disk in
+//! full and say why in the summary: never skip, never refuse.
 //! `shared/bench/make-dataset.sh` writes lists without a base (it cannot know the backup id);
 //! [`set_base`] adds it once the full backup exists.
 
@@ -20,6 +27,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::ranges::Ranges;
+use crate::source::{BlockSource, NbdSource};
 
 #[derive(Deserialize)]
 struct CbtFile {
@@ -52,6 +60,13 @@ pub struct ChangedBlocks {
     pub changed: Ranges,
     /// Where the changes came from (for messages): [`ChangeList::describe`].
     pub from: String,
+    /// For a dirty bitmap: its name. It counts from the backup that recorded it as its
+    /// point ([`crate::base::tie`] checks that against the base; `base` is empty). `None` for
+    /// a list, which names its base itself.
+    pub bitmap: Option<String>,
+    /// Why these changes cannot be used (a bitmap the export does not offer): the disk is read
+    /// in full and the summary says why. `None` when they can.
+    pub unusable: Option<String>,
 }
 
 /// A changed-block list in a JSON file (see the module documentation).
@@ -122,6 +137,8 @@ pub fn load(path: &Path) -> Result<ChangedBlocks> {
         base,
         changed: Ranges::from_unsorted(v),
         from: path.display().to_string(),
+        bitmap: None,
+        unusable: None,
     })
 }
 
@@ -131,7 +148,8 @@ impl ChangedBlocks {
     /// # Errors
     /// [`Error::Refused`] naming both backups and what to do.
     pub fn check_base(&self, disk: &str, base: &str) -> Result<()> {
-        if self.base == base {
+        // A bitmap is tied through the base's recorded point instead, and never refused.
+        if self.base == base || self.bitmap.is_some() {
             return Ok(());
         }
         Err(Error::Refused(format!(
@@ -141,6 +159,67 @@ impl ChangedBlocks {
              or leave out --cbt to read every block. Nothing was sent",
             self.from, self.base, self.base
         )))
+    }
+}
+
+/// A QEMU dirty bitmap, `qemu:dirty-bitmap:NAME`, of an NBD disk: the changes since the bitmap
+/// was started (or cleared), at the bitmap's granularity (64 KiB by default).
+#[derive(Debug, Clone)]
+pub struct DirtyBitmap {
+    source: Arc<NbdSource>,
+    bitmap: String,
+}
+
+impl DirtyBitmap {
+    /// Bitmap `bitmap` of `source` (negotiated when the source connected:
+    /// [`NbdSource::open`]).
+    pub fn new(source: Arc<NbdSource>, bitmap: &str) -> DirtyBitmap {
+        DirtyBitmap {
+            source,
+            bitmap: bitmap.to_owned(),
+        }
+    }
+
+    /// The meta context's name.
+    pub fn context(&self) -> String {
+        format!("{}{}", nbd::QEMU_DIRTY_BITMAP, self.bitmap)
+    }
+}
+
+impl ChangeList for DirtyBitmap {
+    fn describe(&self) -> String {
+        format!("dirty bitmap {} of {}", self.bitmap, self.source.describe())
+    }
+
+    /// The dirty extents; a bitmap the export does not offer is [`ChangedBlocks::unusable`],
+    /// not an error.
+    fn load(&self) -> Result<ChangedBlocks> {
+        let ctx = self.context();
+        let mut out = ChangedBlocks {
+            base: String::new(),
+            changed: Ranges::new(),
+            from: self.describe(),
+            bitmap: Some(self.bitmap.clone()),
+            unusable: None,
+        };
+        if !self.source.has_context(&ctx) {
+            out.unusable = Some(format!(
+                "the export does not offer {ctx} (no such bitmap, or not exported: qemu-nbd -B {b}, \"bitmaps\": [\"{b}\"] in block-export-add)",
+                b = self.bitmap
+            ));
+            return Ok(out);
+        }
+        let size = self.source.size();
+        let dirty = self
+            .source
+            .client()
+            .extents(&ctx, 0, size)?
+            .into_iter()
+            .filter(|e| e.2 & nbd::dirty_flags::DIRTY != 0)
+            .map(|e| (e.0, e.1))
+            .collect();
+        out.changed = Ranges::from_unsorted(dirty);
+        Ok(out)
     }
 }
 

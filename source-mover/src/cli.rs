@@ -71,13 +71,23 @@ pub struct BackupArgs {
     /// Source name (the VM).
     #[arg(long)]
     pub source: String,
-    /// A disk: NAME=PATH (image file or block device). Repeatable.
+    /// A disk: NAME=PATH (raw image file or block device), NAME=nbd://HOST[:PORT]/EXPORT or
+    /// NAME=nbd+unix:///EXPORT?socket=PATH (an NBD export, e.g. qemu-nbd or
+    /// qemu-storage-daemon). Repeatable.
     #[arg(long = "disk", required = true, value_parser = pair)]
     pub disks: Vec<(String, PathBuf)>,
-    /// Changed-block list of a disk: NAME=FILE ({"base": "<backup id>", "changed": [[offset,
-    /// length], ...]}); refused (exit code 2) unless its base is the backup this one builds on.
+    /// Changed blocks of a disk: NAME=FILE, a list ({"base": "<backup id>", "changed":
+    /// [[offset, length], ...]}), refused (exit code 2) unless its base is the backup this one
+    /// builds on; or NAME=bitmap:BITMAP, the QEMU dirty bitmap qemu:dirty-bitmap:BITMAP of the
+    /// disk's NBD export, used only if the base recorded BITMAP as its --cbt-point (else the
+    /// disk is read in full and the summary says why).
     #[arg(long = "cbt", value_parser = pair)]
     pub cbt: Vec<(String, PathBuf)>,
+    /// NAME=BITMAP: the dirty bitmap started at this backup's point (added just before it, or
+    /// in the QMP transaction that froze the previous one); recorded in the backup, so that the
+    /// next incremental can use --cbt NAME=bitmap:BITMAP. Repeatable.
+    #[arg(long = "cbt-point", value_parser = bitmap_point)]
+    pub cbt_points: Vec<(String, String)>,
     /// Base of an incremental: latest (of this source), none, or a backup id.
     #[arg(long, default_value = "latest")]
     pub base: String,
@@ -128,7 +138,9 @@ pub struct RestoreArgs {
     /// Disk name.
     #[arg(long)]
     pub disk: String,
-    /// Output file (created sparse) or block device.
+    /// Output: a file (created sparse) or block device, or an NBD export
+    /// (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH; holes are written as
+    /// WRITE_ZEROES), e.g. qemu-nbd -f qcow2 serving a qcow2 image.
     #[arg(long)]
     pub to: PathBuf,
     /// Concurrent chunk fetches.
@@ -254,6 +266,20 @@ pub fn pair(s: &str) -> Result<(String, PathBuf), String> {
     let (n, p) = s.split_once('=').ok_or("expected NAME=PATH")?;
     n.parse::<schema::DiskName>().map_err(|e| e.to_string())?;
     Ok((n.to_owned(), PathBuf::from(p)))
+}
+
+/// `NAME=BITMAP` (a `--cbt-point`): a disk name and a QEMU bitmap name (1 to 1023 bytes, no
+/// control characters).
+///
+/// # Errors
+/// The message clap shows.
+pub fn bitmap_point(s: &str) -> Result<(String, String), String> {
+    let (n, b) = s.split_once('=').ok_or("expected NAME=BITMAP")?;
+    n.parse::<schema::DiskName>().map_err(|e| e.to_string())?;
+    if b.is_empty() || b.len() > 1023 || b.chars().any(char::is_control) {
+        return Err(format!("{b:?} is not a bitmap name"));
+    }
+    Ok((n.to_owned(), b.to_owned()))
 }
 
 /// `NAME:GLOB` (an `--exclude`).

@@ -377,6 +377,7 @@ pub async fn demo(dir: Option<PathBuf>) -> Result<()> {
         Ok(BackupOptions {
             source: "demo-vm".into(),
             disks: vec![("disk0".into(), crate::source::open(path)?)],
+            cbt_points: BTreeMap::new(),
             cbt: cbt
                 .map(|c| BTreeMap::from([("disk0".to_string(), crate::cbt::json_file(&c))]))
                 .unwrap_or_default(),

@@ -54,6 +54,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// An NBD server (a source disk or a restore target) failed a request, refused the export
+    /// or broke the protocol.
+    #[error("NBD server {uri}: {message}")]
+    Nbd {
+        /// The export's URI.
+        uri: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Bad arguments or input files.
     #[error("{0}")]
     Invalid(String),

@@ -2,15 +2,17 @@
 //! sends the repository only what it lacks, and restores disks back.
 //!
 //! Module map:
-//! - [`source`]: where disk bytes come from ([`source::BlockSource`]): raw images (sparse-aware)
-//!   and block devices.
+//! - [`source`]: where disk bytes come from ([`source::BlockSource`]): raw images (sparse-aware),
+//!   block devices, NBD exports.
+//! - [`nbd`]: the NBD client (URIs, one shared connection with many requests in flight) behind
+//!   NBD sources, dirty-bitmap changes and restores into NBD exports.
 //! - [`guest`]: what the guest keeps in those bytes: the partition table, then an ordered list
 //!   of probes ([`guest::Probe`]: ext2/3/4 read through its journal, Linux swap), each saying
 //!   what may be dropped and why, and walking its files for the guest catalog.
 //! - [`plan`]: per disk, the bytes to read and the bytes dropped by reason (swap, free,
 //!   excluded, hole), from the guests and the source's allocation.
 //! - [`ranges`]: byte-range arithmetic. [`cbt`]: what changed since a base
-//!   ([`cbt::ChangeList`]).
+//!   ([`cbt::ChangeList`]: a JSON list, or a QEMU dirty bitmap over NBD).
 //! - [`client`]: the HTTP/2 repository client (retries, rate limit) and the protocol's calls,
 //!   typed with the `schema` bodies; [`tls`]: `https://` (trusted roots, `--ca-file`,
 //!   `--fingerprint` pinning) and the connector both schemes share.
@@ -37,6 +39,7 @@ pub mod files;
 pub mod guest;
 pub mod guest_files;
 pub mod journal;
+pub mod nbd;
 pub mod options;
 pub mod pipeline;
 pub mod plan;

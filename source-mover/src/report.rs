@@ -19,8 +19,11 @@ pub struct DiskReport {
     pub size: u64,
     /// Partitions and file systems found.
     pub found: Vec<String>,
-    /// Whether a CBT list limited what was read.
+    /// Whether changed-block tracking (a list or a dirty bitmap) limited what was read.
     pub cbt: bool,
+    /// Why the changes given for this disk (`--cbt`) were not used and it was read in full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cbt_unused: Option<String>,
 }
 
 /// What a backup did.
@@ -130,6 +133,9 @@ impl fmt::Display for BackupReport {
         for d in &r.disks {
             let cbt = if d.cbt { ", CBT" } else { "" };
             writeln!(f, "  disk {} = {} ({}){cbt}", d.name, d.path, mb(d.size))?;
+            if let Some(why) = &d.cbt_unused {
+                writeln!(f, "    changes not used, read in full: {why}")?;
+            }
             for found in &d.found {
                 writeln!(f, "    {found}")?;
             }

@@ -1,6 +1,7 @@
 //! Restore and verify: read a backup's index, fetch its chunks concurrently, check each block's
 //! blake3 and length against the index, and write it (sparse: holes are not written to a file;
-//! a block device gets zeros) or, for verify, only check it. Decompression, checks, positional
+//! a block device gets zeros; an NBD export gets `NBD_CMD_WRITE_ZEROES` and a flush at the
+//! end) or, for verify, only check it. Decompression, checks, positional
 //! writes and the final fsync run on the blocking pool, never on the async loop that fetches.
 
 use std::fs::{File, OpenOptions};
@@ -16,9 +17,11 @@ use schema::ChunkId;
 
 use crate::client::RepoClient;
 use crate::error::{blocking, Error, Result};
+use crate::nbd::{Client, Timeouts};
 use crate::progress::Progress;
 use crate::report::peak_rss;
 pub use crate::report::RestoreReport;
+use crate::source::DiskSpec;
 
 /// Resolves `latest` (for `source`) or checks a backup id.
 ///
@@ -40,15 +43,43 @@ pub async fn resolve(client: &RepoClient, backup: &str, source: Option<&str>) ->
 /// Where restored blocks go.
 #[derive(Debug, Clone)]
 struct Target {
-    file: Arc<File>,
+    file: Option<Arc<File>>,
+    /// An NBD export instead of a file.
+    nbd: Option<Arc<Client>>,
     path: PathBuf,
-    /// A block device: holes are written as zeros (a file is created sparse instead).
+    /// A block device or NBD export: holes are written as zeros (a file is created sparse
+    /// instead).
     is_dev: bool,
 }
 
 impl Target {
-    /// Opens `p`: a block device as it is, a file created (or truncated) to `size`.
+    /// Opens `p`: a block device as it is, a file created (or truncated) to `size`, an NBD
+    /// export (writable, at least `size` bytes) connected to.
     fn open(p: &Path, size: u64) -> Result<Target> {
+        if let DiskSpec::Nbd(uri) = DiskSpec::parse(p)? {
+            let c = Client::connect(&uri, &[], Timeouts::default())?;
+            if c.info().flags & nbd::tflags::READ_ONLY != 0 {
+                return Err(Error::Nbd {
+                    uri: uri.to_string(),
+                    message: "the export is read-only; a restore needs a writable one (qemu-nbd without -r)".into(),
+                });
+            }
+            if c.info().size < size {
+                return Err(Error::Nbd {
+                    uri: uri.to_string(),
+                    message: format!(
+                        "the export has {} bytes, the disk {size}; make the image at least that large (qemu-img create -f qcow2 IMG {size})",
+                        c.info().size
+                    ),
+                });
+            }
+            return Ok(Target {
+                file: None,
+                nbd: Some(Arc::new(c)),
+                path: p.to_owned(),
+                is_dev: true,
+            });
+        }
         let is_dev = std::fs::metadata(p)
             .map(|md| !md.is_file() && !md.is_dir())
             .unwrap_or(false);
@@ -62,7 +93,8 @@ impl Target {
             f.set_len(size).map_err(|e| Error::io(p.display(), e))?;
         }
         Ok(Target {
-            file: Arc::new(f),
+            file: Some(Arc::new(f)),
+            nbd: None,
             path: p.to_owned(),
             is_dev,
         })
@@ -70,9 +102,34 @@ impl Target {
 
     /// Writes `data` at `offset` of disk `disk`.
     fn write_at(&self, disk: &str, data: &[u8], offset: u64) -> Result<()> {
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| Error::io(format!("{disk} at offset {offset}"), e))
+        if let Some(c) = &self.nbd {
+            return c.write(data, offset);
+        }
+        match &self.file {
+            Some(f) => f
+                .write_all_at(data, offset)
+                .map_err(|e| Error::io(format!("{disk} at offset {offset}"), e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros (a hole of the backup on a device or export).
+    fn zero_at(&self, disk: &str, len: u64, offset: u64) -> Result<()> {
+        match &self.nbd {
+            Some(c) => c.write_zeroes(offset, len),
+            None => self.write_at(disk, &vec![0u8; len as usize], offset),
+        }
+    }
+
+    /// Makes what was written durable: fsync, or `NBD_CMD_FLUSH`.
+    fn sync(&self) -> Result<()> {
+        if let Some(c) = &self.nbd {
+            return c.flush();
+        }
+        match &self.file {
+            Some(f) => f.sync_all().map_err(|e| Error::io(self.path.display(), e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -114,12 +171,7 @@ pub async fn restore(
     prog.finish();
     let (holes, fetched, mut written) = copied?;
     if let Some(t) = target {
-        blocking("syncing the target", move || {
-            t.file
-                .sync_all()
-                .map_err(|e| Error::io(t.path.display(), e))
-        })
-        .await?;
+        blocking("syncing the target", move || t.sync()).await?;
         written += prog.sent.load(Ordering::Relaxed);
     }
     Ok(RestoreReport {
@@ -177,7 +229,7 @@ async fn copy(
             if let Some(t) = target.as_ref().filter(|t| t.is_dev) {
                 let (t, disk) = (t.clone(), disk.to_owned());
                 blocking("writing zeros", move || {
-                    t.write_at(&disk, &vec![0u8; len], b * bs)
+                    t.zero_at(&disk, len as u64, b * bs)
                 })
                 .await?;
                 written += len as u64;

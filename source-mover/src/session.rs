@@ -45,6 +45,9 @@ struct CommitMetadata<'a> {
     block_size: u32,
     zstd_level: i32,
     resumed: bool,
+    /// The dirty bitmap started at this backup's point, per disk (see [`crate::cbt`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    cbt_points: BTreeMap<&'a str, &'a str>,
 }
 
 impl Session {
@@ -233,6 +236,11 @@ impl Session {
             block_size: opts.block_size,
             zstd_level: opts.zstd_level,
             resumed: self.resumed,
+            cbt_points: opts
+                .cbt_points
+                .iter()
+                .map(|(d, b)| (d.as_str(), b.as_str()))
+                .collect(),
         };
         Ok(CommitRequest {
             disks,
@@ -366,6 +374,7 @@ mod tests {
             block_size: 4096,
             zstd_level: 3,
             resumed: true,
+            cbt_points: BTreeMap::new(),
         };
         let before = json!({"mover": "source-mover 1", "paths": paths, "block_size": 4096, "zstd_level": 3, "resumed": true});
         assert_eq!(serde_json::to_value(&m).unwrap(), before);

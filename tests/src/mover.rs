@@ -23,6 +23,7 @@ pub fn opts_for(source: &str, disk: Arc<dyn BlockSource>, state: &Path) -> Backu
         source: source.into(),
         disks: vec![("disk0".into(), disk)],
         cbt: BTreeMap::new(),
+        cbt_points: BTreeMap::new(),
         base: Base::Latest,
         block_size: 1 << 20,
         zstd_level: 3,

@@ -66,18 +66,12 @@ fn backup_options(a: BackupArgs, p: Profile, tty: bool) -> anyhow::Result<Backup
             std::env::var_os("HOME").map(PathBuf::from),
         )
     });
+    let (disks, cbt) = source_mover::options::open_disks(&a.disks, &a.cbt)?;
     Ok(BackupOptions {
         source: a.source,
-        disks: a
-            .disks
-            .iter()
-            .map(|(n, p)| Ok((n.clone(), source_mover::source::open(p)?)))
-            .collect::<source_mover::Result<_>>()?,
-        cbt: a
-            .cbt
-            .iter()
-            .map(|(n, p)| (n.clone(), source_mover::cbt::json_file(p)))
-            .collect(),
+        disks,
+        cbt,
+        cbt_points: a.cbt_points.into_iter().collect(),
         base,
         block_size: a.block_size.unwrap_or(p.block_size),
         zstd_level: a.zstd_level.unwrap_or(p.zstd_level),

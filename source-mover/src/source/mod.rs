@@ -7,24 +7,29 @@
 //!
 //! - [`file::FileSource`]: raw image files (holes found with `SEEK_DATA`/`SEEK_HOLE`, never
 //!   read) and block devices (everything allocated).
-//! - later, an NBD client: `read_at` as `NBD_CMD_READ` (many in flight on one connection),
-//!   [`BlockSource::allocated`] from `NBD_CMD_BLOCK_STATUS` with the `base:allocation`
-//!   context (extents flagged `HOLE` or `ZERO` are not allocated).
+//! - [`nbd::NbdSource`]: an NBD export (`nbd://HOST[:PORT]/EXPORT`,
+//!   `nbd+unix:///EXPORT?socket=PATH`): `read_at` as `NBD_CMD_READ` (many in flight on one
+//!   connection), [`BlockSource::allocated`] from `NBD_CMD_BLOCK_STATUS` with the
+//!   `base:allocation` context (extents flagged `HOLE` or `ZERO` are not allocated).
 //!
 //! What changed since a base is the other half of a source, and a seam of its own:
-//! [`crate::cbt::ChangeList`] (today a JSON list tied to its base; later a dirty bitmap read
-//! through the same NBD connection).
+//! [`crate::cbt::ChangeList`] (a JSON list tied to its base, or a QEMU dirty bitmap read
+//! through the disk's NBD connection).
 
 pub mod file;
+pub mod nbd;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::Result;
 use crate::ranges::Ranges;
 
 pub use file::FileSource;
+pub use nbd::NbdSource;
+
+use crate::nbd::NbdUri;
 
 /// A source disk, read-only.
 ///
@@ -65,4 +70,26 @@ pub trait BlockSource: Send + Sync + fmt::Debug {
 /// The path cannot be opened or sized.
 pub fn open(path: &Path) -> Result<Arc<dyn BlockSource>> {
     Ok(Arc::new(FileSource::open(path)?))
+}
+
+/// What `--disk NAME=SPEC` names: an image file or block device, or an NBD export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSpec {
+    /// A path.
+    File(PathBuf),
+    /// An NBD URI.
+    Nbd(NbdUri),
+}
+
+impl DiskSpec {
+    /// An NBD URI when `p` starts with an NBD scheme (`nbd://`, `nbd+unix://`), else a path.
+    ///
+    /// # Errors
+    /// A malformed NBD URI.
+    pub fn parse(p: &Path) -> Result<DiskSpec> {
+        match p.to_str() {
+            Some(s) if NbdUri::looks_like(s) => Ok(DiskSpec::Nbd(NbdUri::parse(s)?)),
+            _ => Ok(DiskSpec::File(p.to_owned())),
+        }
+    }
 }

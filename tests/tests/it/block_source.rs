@@ -101,6 +101,8 @@ impl ChangeList for MemoryChanges {
             base: self.base.clone(),
             changed: self.changed.clone(),
             from: self.describe(),
+            bitmap: None,
+            unusable: None,
         })
     }
 }

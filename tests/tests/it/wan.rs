@@ -20,6 +20,7 @@ fn opts(disk: &std::path::Path, state: &std::path::Path, streams: usize) -> Back
         source: "vm-wan".into(),
         disks: vec![("disk0".into(), source_mover::source::open(disk).unwrap())],
         cbt: BTreeMap::new(),
+        cbt_points: BTreeMap::new(),
         base: Base::None,
         block_size: 256 << 10,
         zstd_level: 3,
