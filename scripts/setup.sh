@@ -9,10 +9,11 @@
 #   samba, smbclient   the gateway's tests run a real Samba server on loopback (smbclient inspects the share)
 #   chromium, chromium-driver, python3-venv   the console's browser tests drive a real headless Chromium over WebDriver
 #                      (Python selenium, pinned, in a venv under the cargo target directory: see the end)
+#   qemu-utils, libnbd-bin   the NBD tests and bench: qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon; nbdinfo, nbdcopy
 set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in libclang-dev zstd b3sum curl jq e2fsprogs fdisk util-linux bc time samba smbclient chromium chromium-driver python3-venv; do have "$p" || need+=("$p"); done
+for p in libclang-dev zstd b3sum curl jq e2fsprogs fdisk util-linux bc time samba smbclient chromium chromium-driver python3-venv qemu-utils libnbd-bin; do have "$p" || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

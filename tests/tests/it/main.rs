@@ -24,6 +24,7 @@ mod lifecycle;
 mod limits;
 mod metadata_checksums;
 mod mover;
+mod nbd;
 mod openapi;
 mod protocol;
 mod retention;
