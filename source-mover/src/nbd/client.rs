@@ -155,6 +155,9 @@ struct Pending {
     length: u32,
     /// A read's bytes, when a chunk of it was read by another caller (allocated then).
     data: Option<Vec<u8>>,
+    /// The ranges of `data` (relative to the read) that chunks filled; the rest went straight
+    /// into the caller's buffer.
+    in_slot: Vec<(usize, usize)>,
     /// Data and hole chunks received: start → end (absolute offsets), never overlapping.
     covered: BTreeMap<u64, u64>,
     /// Block status chunks: context id → extents.
@@ -179,6 +182,8 @@ struct State {
 #[derive(Debug)]
 struct Finished {
     data: Option<Vec<u8>>,
+    /// Which ranges of `data` hold the reply (relative to the read).
+    in_slot: Vec<(usize, usize)>,
     extents: Vec<(u32, Vec<Extent>)>,
 }
 
@@ -350,7 +355,10 @@ impl Client {
         let finished = self.wait(&handles, &mut mine)?;
         for (h, f) in handles.iter().zip(finished) {
             if let (Some(data), Some(sink)) = (f.data, mine.get_mut(h)) {
-                sink.copy_from_slice(&data);
+                // Only what another caller received for this read: the rest is in place.
+                for &(a, b) in &f.in_slot {
+                    sink[a..b].copy_from_slice(&data[a..b]);
+                }
             }
         }
         Ok(())
@@ -511,6 +519,7 @@ impl Client {
                         offset,
                         length,
                         data: None,
+                        in_slot: Vec::new(),
                         covered: BTreeMap::new(),
                         extents: Vec::new(),
                         error: None,
@@ -590,6 +599,7 @@ impl Client {
                     }
                     out.push(Finished {
                         data: p.data,
+                        in_slot: p.in_slot,
                         extents: p.extents,
                     });
                 }
@@ -656,6 +666,7 @@ impl Client {
                         errno_name(error)
                     ));
                 } else if let Some(d) = data.flatten() {
+                    p.in_slot.push((0, d.len()));
                     p.data = Some(d);
                 }
                 if p.error.is_none() && command == cmd::READ {
@@ -759,6 +770,7 @@ impl Client {
                     let mut st = lock(&self.state);
                     if let Some(p) = st.pending.get_mut(&h.handle) {
                         p.data = Some(slot);
+                        p.in_slot.push((rel, rel + dst_len));
                     }
                     r?;
                 }

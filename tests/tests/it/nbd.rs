@@ -605,6 +605,19 @@ enum Hostile {
     TooManyExtents,
     /// An option reply of 1 MiB during the handshake.
     HugeOptionReply,
+    /// Not hostile: the four requests of each 1 MiB read answered in reverse order, in 64 KiB
+    /// chunks interleaved across them, holes among them; bytes are [`pattern`].
+    Reorder,
+}
+
+/// The byte at `offset` of the reordering server's export (zero in its holes: every fourth
+/// 64 KiB piece).
+fn pattern(offset: u64) -> u8 {
+    if (offset >> 16) % 4 == 3 {
+        0
+    } else {
+        (offset / 7 % 251) as u8 + 1
+    }
 }
 
 /// Serves one connection: a correct handshake (structured replies, base:allocation, a 64 MiB
@@ -655,22 +668,66 @@ fn serve_hostile(s: &mut std::net::TcpStream, mode: Hostile) -> std::io::Result<
             _ => s.write_all(&encode_option_reply(option, rep::ERR_UNSUP, &[]))?,
         }
     }
-    loop {
+    let chunk = |kind: u16, flags: u16, handle: u64, payload: &[u8]| {
+        let mut v = ChunkHeader {
+            flags,
+            kind,
+            handle,
+            length: payload.len() as u32,
+        }
+        .encode()
+        .to_vec();
+        v.extend_from_slice(payload);
+        v
+    };
+    let read_req = |s: &mut std::net::TcpStream| -> std::io::Result<Request> {
         let mut h = [0u8; REQUEST_LEN];
         s.read_exact(&mut h)?;
-        let r = Request::decode(&h).unwrap();
-        let chunk = |kind: u16, flags: u16, handle: u64, payload: &[u8]| {
-            let mut v = ChunkHeader {
-                flags,
-                kind,
-                handle,
-                length: payload.len() as u32,
+        Ok(Request::decode(&h).unwrap())
+    };
+    loop {
+        let r = read_req(s)?;
+        if let (Hostile::Reorder, cmd::READ) = (mode, r.command) {
+            // The other three pieces of the same 1 MiB read follow at once.
+            let mut reqs = vec![r];
+            if r.length == 256 << 10 {
+                for _ in 0..3 {
+                    reqs.push(read_req(s)?);
+                }
             }
-            .encode()
-            .to_vec();
-            v.extend_from_slice(payload);
-            v
-        };
+            reqs.reverse();
+            let mut out = Vec::new();
+            let max = reqs
+                .iter()
+                .map(|q| q.length.div_ceil(65536))
+                .max()
+                .unwrap_or(0);
+            for k in 0..max {
+                for q in &reqs {
+                    let at = u64::from(k) * 65536;
+                    if at >= u64::from(q.length) {
+                        continue;
+                    }
+                    let n = (u64::from(q.length) - at).min(65536);
+                    let off = q.offset + at;
+                    let flags = if at + n >= u64::from(q.length) {
+                        reply_flags::DONE
+                    } else {
+                        0
+                    };
+                    let mut p = off.to_be_bytes().to_vec();
+                    if (off >> 16) % 4 == 3 && n == 65536 && off % 65536 == 0 {
+                        p.extend_from_slice(&(n as u32).to_be_bytes());
+                        out.extend(chunk(reply_type::OFFSET_HOLE, flags, q.handle, &p));
+                    } else {
+                        p.extend((off..off + n).map(pattern));
+                        out.extend(chunk(reply_type::OFFSET_DATA, flags, q.handle, &p));
+                    }
+                }
+            }
+            s.write_all(&out)?;
+            continue;
+        }
         let data = |len: usize| {
             let mut p = r.offset.to_be_bytes().to_vec();
             p.extend(std::iter::repeat_n(0u8, len));
@@ -787,4 +844,39 @@ async fn a_hostile_nbd_server_ends_the_backup_with_a_clear_error() {
         assert!(msg.contains(&uri) && msg.contains(says), "{mode:?}: {msg}");
         server.join().unwrap();
     }
+}
+
+#[test]
+fn replies_out_of_order_split_and_interleaved_reach_each_reader_exactly() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("nbd://127.0.0.1:{}/x", l.local_addr().unwrap().port());
+    let server = std::thread::spawn(move || hostile(l, Hostile::Reorder));
+    let src = Arc::new(
+        source_mover::source::NbdSource::open(&NbdUri::parse(&uri).unwrap(), &[]).unwrap(),
+    );
+    // Three threads read 1 MiB blocks at once; each reply arrives in pieces, some read by the
+    // thread that asked, some by another.
+    let readers: Vec<_> = (0..3u64)
+        .map(|t| {
+            let src = src.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0xEEu8; MIB as usize];
+                for i in 0..20u64 {
+                    let off = ((i * 3 + t) % 60) * MIB;
+                    buf.fill(0xEE);
+                    src.read_at(&mut buf, off).unwrap();
+                    let bad = (0..MIB).find(|&k| buf[k as usize] != pattern(off + k));
+                    assert!(
+                        bad.is_none(),
+                        "thread {t}, block at {off}: wrong byte at {bad:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    drop(src);
+    server.join().unwrap();
 }
