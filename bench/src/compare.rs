@@ -62,7 +62,7 @@ pub fn run(ds: &Path, quick: bool, runs: Option<usize>, work: Option<PathBuf>) -
 
 /// Checks that `ds` holds disk.raw, disk2.raw and cbt.json; with `quick`, builds a small one
 /// with real tools first if it has none.
-fn dataset(ds: &Path, quick: bool) -> Result<()> {
+pub(crate) fn dataset(ds: &Path, quick: bool) -> Result<()> {
     if quick && !ds.join("disk.raw").exists() {
         eprintln!(
             "bench: building a small dataset in {} with real tools",

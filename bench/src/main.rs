@@ -8,6 +8,8 @@
 //! - [`wan`]: `bench wan` (goodput through the WAN emulator) and `bench wan-proxy`.
 //! - [`catalog`]: `bench catalog`, the guest file catalog at scale.
 //! - [`share`]: `bench share`, chunk ingest into a Samba share through the gateway's store.
+//! - [`nbd`]: `bench nbd`, a full backup read through `qemu-nbd` against the same image as a
+//!   file.
 //!
 //! Servers are started with the integration tests' harness ([`tests::ChildServer`]), the WAN
 //! emulator is [`tests::wan`].
@@ -21,6 +23,7 @@ mod catalog;
 mod compare;
 mod floor;
 mod measure;
+mod nbd;
 mod peers;
 mod project;
 mod report;
@@ -91,6 +94,19 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// A full backup of the dataset's disk.raw served by qemu-nbd over a Unix socket against
+    /// the same image read as a file: wall and CPU.
+    Nbd {
+        /// Directory with disk.raw (built here with --quick if absent).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Small dataset built by the bench itself, one run of each: for CI.
+        #[arg(long)]
+        quick: bool,
+        /// Runs per method (median); default 3, 1 with --quick.
+        #[arg(long)]
+        runs: Option<usize>,
+    },
     /// Run the WAN emulator in front of a repository until interrupted.
     WanProxy {
         /// Address clients connect to.
@@ -123,6 +139,16 @@ fn main() -> Result<()> {
             work,
         } => compare::run(&dataset, quick, runs, work),
         Cmd::Wan { mib, rate, rtts } => wan::goodput(mib, rate, &rtts),
+        Cmd::Nbd {
+            dataset,
+            quick,
+            runs,
+        } => {
+            let work = std::env::temp_dir().join(format!("bench-nbd-{}", std::process::id()));
+            let r = nbd::run(&dataset, quick, runs, &work);
+            let _ = std::fs::remove_dir_all(&work);
+            r
+        }
         Cmd::Share { chunks, quick } => share::run(if quick { 64 } else { chunks }),
         Cmd::Catalog {
             backups,
