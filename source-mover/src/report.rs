@@ -301,6 +301,7 @@ mod tests {
                 size: 8_000_000,
                 found: vec!["p1: ext4".into()],
                 cbt: true,
+                cbt_unused: None,
             }],
             file_index: true,
         };
@@ -318,6 +319,11 @@ mod tests {
         assert!(r
             .to_string()
             .contains("\n  guest files not indexed (--no-file-index)\n"));
+        r.disks[0].cbt = false;
+        r.disks[0].cbt_unused = Some("dirty bitmap b0 is not tied to base b1".into());
+        assert!(r.to_string().contains(
+            "\n    changes not used, read in full: dirty bitmap b0 is not tied to base b1\n"
+        ));
         let mut v = RestoreReport {
             backup_id: "b2".into(),
             disk: "disk0".into(),

@@ -307,7 +307,7 @@ async fn qcow2_over_qemu_nbd_full_then_bitmap_incremental_restore_exactly() {
         ],
     );
     assert_eq!(inc.read_bytes, want, "{}", summary(&inc));
-    assert!(want >= 4096 + 65536 && want <= 3 * MIB, "{want}");
+    assert!((4096 + 65536..=3 * MIB).contains(&want), "{want}");
     let out2 = d.join("restored-2.raw");
     restore_file(&c, &inc.backup_id, &out2).await;
     let want2 = expected(&day2, &d.join("want-2.raw"));
