@@ -196,6 +196,59 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// The SMB share that holds the data (the `gateway` only; `repo-server` refuses it).
     pub share: Option<ShareConfig>,
+    /// Instant recovery: committed backups' disks served read-only over NBD.
+    pub nbd: NbdConfig,
+}
+
+/// `[nbd]`: committed backups' disks served read-only as NBD exports (instant recovery). Off
+/// unless `listen` is set. Exports are created over the API and live in memory: a restart ends
+/// them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NbdConfig {
+    /// Address the NBD server listens on (none: no NBD server, and creating an export is refused).
+    pub listen: Option<SocketAddr>,
+    /// `host:port` put in the URIs of new exports (none: the bound listen address).
+    pub advertise: Option<String>,
+    /// Lifetime of an export, and the most a request may ask for.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// Exports open at once, across all tenants.
+    pub max_exports: usize,
+    /// NBD connections served at once; further ones are closed at once.
+    pub max_connections: usize,
+    /// Largest read (and block status range) one request may ask for.
+    #[serde(deserialize_with = "size")]
+    pub max_request: u64,
+    /// Bytes of read replies being prepared or sent at once, across all connections.
+    #[serde(deserialize_with = "size")]
+    pub max_inflight: u64,
+    /// Decoded, verified blocks kept in memory for repeated reads.
+    #[serde(deserialize_with = "size")]
+    pub cache: u64,
+    /// A client that has not finished negotiating after this long is disconnected.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// A connection that sends no request for this long is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for NbdConfig {
+    fn default() -> Self {
+        NbdConfig {
+            listen: None,
+            advertise: None,
+            ttl: Duration::from_secs(3600),
+            max_exports: 256,
+            max_connections: 64,
+            max_request: 32 << 20,
+            max_inflight: 256 << 20,
+            cache: 64 << 20,
+            handshake_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// `[share]`: where the gateway keeps a repository's data (chunks, indexes, manifests).
@@ -251,6 +304,7 @@ impl Default for Config {
             tenants: std::collections::BTreeMap::new(),
             retention: RetentionConfig::default(),
             share: None,
+            nbd: NbdConfig::default(),
         }
     }
 }
@@ -344,6 +398,18 @@ impl Config {
         if self.store.verify_rate == Some(0) {
             return bad("store.verify_rate must be above 0 (leave it out for no limit)");
         }
+        let n = &self.nbd;
+        if !(4096..=(64 << 20)).contains(&n.max_request) {
+            return bad("nbd.max_request must be between 4KiB and 64MiB");
+        }
+        if n.max_inflight < n.max_request {
+            return bad("nbd.max_inflight must be at least nbd.max_request");
+        }
+        if n.ttl < Duration::from_secs(1) || n.max_exports == 0 || n.max_connections == 0 {
+            return bad(
+                "nbd.ttl must be at least 1s, nbd.max_exports and nbd.max_connections positive",
+            );
+        }
         Ok(())
     }
 }
@@ -417,6 +483,18 @@ mod tests {
         let text = include_str!("../config.example.toml");
         let cfg: Config = toml::from_str(text).expect("example config parses");
         cfg.validate().expect("example config is valid");
+        assert_eq!(cfg.nbd.listen, None, "NBD is off by default");
+        assert_eq!(cfg.nbd.ttl, Duration::from_secs(3600));
+        let on: Config = toml::from_str(&text.replace(
+            "# listen = \"127.0.0.1:10809\"",
+            "listen = \"127.0.0.1:10809\"",
+        ))
+        .expect("example config with NBD on parses");
+        assert_eq!(
+            on.nbd.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 10809)))
+        );
+        on.validate().expect("valid");
         assert!(toml::from_str::<Config>("listen = \"127.0.0.1:1\"\nlisten_typo = 1\n").is_err());
         assert!(toml::from_str::<Config>("[limits]\nmax_chunk_bytes = \"huge\"\n").is_err());
     }

@@ -13,6 +13,8 @@
 //! - [`repo`]: the repository's operations (sessions, ingest, commit, reads, GC, verify),
 //!   blocking.
 //! - [`http`]: the axum router; thin handlers that parse, call [`repo::Repository`], answer.
+//! - [`nbd`]: instant recovery — committed disks served read-only over NBD to the holders of
+//!   export names made over the API.
 //! - [`server`]: the accept loop (h2c + HTTP/1.1 + TLS), limits, graceful shutdown.
 //! - [`fail`]: fail points for crash tests, inert unless a test binary arms one.
 //! - [`metrics`]: Prometheus counters.
@@ -32,6 +34,7 @@ pub mod error;
 pub mod fail;
 pub mod http;
 pub mod metrics;
+pub mod nbd;
 pub mod rate;
 pub mod repo;
 pub mod server;

@@ -40,6 +40,14 @@ pub struct Metrics {
     pub open_sessions: AtomicI64,
     /// Sessions whose lock entry exists (those with a request in flight).
     pub session_locks: AtomicI64,
+    /// Open NBD connections.
+    pub nbd_connections: AtomicI64,
+    /// NBD read replies' data bytes sent (holes included).
+    pub nbd_bytes_sent: Counter,
+    /// NBD requests answered with EIO (a block missing or failing its blake3).
+    pub nbd_read_errors: Counter,
+    /// NBD connections closed for breaking the protocol or a limit, or refused over the cap.
+    pub nbd_refused: Counter,
 }
 
 impl Metrics {
@@ -106,6 +114,30 @@ impl Metrics {
             "gauge",
             "Sessions with a lock entry in memory (those with a request in flight).",
             self.session_locks.load(Ordering::Relaxed),
+        );
+        one(
+            "repo_nbd_connections",
+            "gauge",
+            "Open NBD connections.",
+            self.nbd_connections.load(Ordering::Relaxed),
+        );
+        one(
+            "repo_nbd_bytes_sent_total",
+            "counter",
+            "Data bytes of NBD read replies (holes included).",
+            self.nbd_bytes_sent.get() as i64,
+        );
+        one(
+            "repo_nbd_read_errors_total",
+            "counter",
+            "NBD requests answered EIO (a block missing or failing its blake3; never sent).",
+            self.nbd_read_errors.get() as i64,
+        );
+        one(
+            "repo_nbd_refused_total",
+            "counter",
+            "NBD connections closed for a protocol violation or limit, or refused over the cap.",
+            self.nbd_refused.get() as i64,
         );
         out
     }

@@ -222,6 +222,8 @@ pub async fn run(
     let service = router(app.state.clone());
     let graceful = GracefulShutdown::new();
     let conn_limit = Arc::new(Semaphore::new(cfg.limits.max_connections));
+    let (nbd_stop, nbd_stopped) = tokio::sync::watch::channel(false);
+    let nbd = crate::nbd::start(&cfg.nbd, app.repo.clone(), nbd_stopped).await?;
     let expiry = spawn_expiry(app.repo.clone());
     let pruner = cfg
         .retention
@@ -288,6 +290,7 @@ pub async fn run(
         });
     }
     drop(listener);
+    let _ = nbd_stop.send(true);
     expiry.abort();
     if let Some(p) = pruner {
         p.abort();
@@ -301,6 +304,15 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+    if let Some(mut nbd) = nbd {
+        if tokio::time::timeout(cfg.limits.drain_timeout, &mut nbd)
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout reached; closing remaining NBD connections");
+            nbd.abort();
+        }
     }
     Ok(())
 }

@@ -583,4 +583,33 @@ pub struct Identity {
     pub tenant: String,
     /// Its role.
     pub role: TokenRole,
+/// `POST /v1/backups/{id}/disks/{name}/exports` body (optional): how long the export lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateExport {
+    /// Seconds until the export expires, at most the repository's `[nbd] ttl` (absent: that
+    /// ttl).
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+/// A backup's disk served read-only over NBD: the answer of
+/// `POST /v1/backups/{id}/disks/{name}/exports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ExportInfo {
+    /// The export name: a capability (192 random bits, hex); whoever knows it can read the disk
+    /// until it expires or is deleted.
+    pub name: String,
+    /// The NBD URI (`nbd://HOST:PORT/NAME`), as `qemu-img`, `nbdinfo` and `nbdcopy` take it.
+    pub uri: String,
+    /// The backup.
+    pub backup_id: BackupId,
+    /// The disk.
+    pub disk: DiskName,
+    /// The disk's size in bytes (the export's size).
+    pub size: u64,
+    /// When the export ends (RFC 3339).
+    pub expires: String,
 }

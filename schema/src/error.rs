@@ -67,6 +67,8 @@ codes! {
     BackupImmutable = 409,
     /// The guest file matched an exclude pattern at backup time: its data is not in the backup.
     FileExcluded = 409,
+    /// The repository serves no NBD exports (no `[nbd] listen` in its configuration).
+    ExportsDisabled = 409,
     /// A body or count over the limit.
     TooLarge = 413,
     /// A content type the route does not accept.

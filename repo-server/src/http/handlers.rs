@@ -377,6 +377,30 @@ pub(super) async fn get_image(
     })
 }
 
+pub(super) async fn create_export(
+    State(st): State<AppState>,
+    caller: Caller,
+    Ids(id, disk): Ids<BackupId, DiskName>,
+    OptionalJson(req): OptionalJson<schema::api::CreateExport>,
+) -> Result<Response> {
+    let ttl = req.unwrap_or_default().ttl_s;
+    let repo = st.repo.clone();
+    let info = blocking(move || repo.create_export(&caller, &id, &disk, ttl)).await?;
+    Ok(json_body(&info, StatusCode::CREATED))
+}
+
+pub(super) async fn delete_export(
+    State(st): State<AppState>,
+    caller: Caller,
+    path: RawPath,
+) -> Result<StatusCode> {
+    let (id, disk): (BackupId, DiskName) = (path.param(0)?, path.param(1)?);
+    let name = path.0.get(2).cloned().unwrap_or_default();
+    let repo = st.repo.clone();
+    blocking(move || repo.delete_export(&caller, &id, &disk, &name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub(super) async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Response> {
     let repo = st.repo.clone();
     let s = blocking(move || repo.stats(&caller)).await?;

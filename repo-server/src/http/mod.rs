@@ -128,6 +128,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/backups/{id}"),
     ("get", "/v1/backups/{id}/disks/{name}/index"),
     ("get", "/v1/backups/{id}/disks/{name}/image"),
+    ("post", "/v1/backups/{id}/disks/{name}/exports"),
+    ("delete", "/v1/backups/{id}/disks/{name}/exports/{export}"),
     ("get", "/v1/backups/{id}/files"),
     ("get", "/v1/backups/{id}/files/content"),
     ("get", "/v1/search"),
@@ -172,6 +174,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/backups/{id}/disks/{name}/index", get(h::get_index))
         .route("/v1/backups/{id}/disks/{name}/image", get(h::get_image))
+        .route(
+            "/v1/backups/{id}/disks/{name}/exports",
+            post(h::create_export),
+        )
+        .route(
+            "/v1/backups/{id}/disks/{name}/exports/{export}",
+            axum::routing::delete(h::delete_export),
+        )
         .route("/v1/backups/{id}/files", get(h::list_files))
         .route("/v1/backups/{id}/files/content", get(h::file_content))
         .route("/v1/search", get(h::search))

@@ -4,6 +4,7 @@
 //! - [`ingest`]: verifying and storing uploaded chunks.
 //! - [`commit`]: turning a session into a durable, visible backup.
 //! - [`read`]: the catalog as seen by storage admins, index and image reads, chunk reads.
+//! - [`exports`]: NBD exports as capabilities (random names that expire), pinning their backups.
 //! - [`files`]: the guest file catalog (browse a backup's files, read one, search by name).
 //! - [`jobs`]: the registry of background jobs and their reports.
 //! - [`gc`]: mark and sweep while backups run (its module documentation argues why it is safe).
@@ -26,6 +27,7 @@
 //! threads.
 
 pub mod commit;
+pub mod exports;
 pub mod files;
 pub mod gc;
 pub mod ingest;
@@ -82,6 +84,10 @@ pub struct Settings {
     pub min_age_ms: i64,
     /// Retention policies by source, and the default.
     pub retention: crate::config::RetentionConfig,
+    /// Lifetime of an NBD export (and the most one may ask), ms.
+    pub export_ttl_ms: i64,
+    /// NBD exports live at once.
+    pub max_exports: usize,
 }
 
 impl From<&Config> for Settings {
@@ -99,6 +105,8 @@ impl From<&Config> for Settings {
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
             retention: c.retention.clone(),
+            export_ttl_ms: c.nbd.ttl.as_millis() as i64,
+            max_exports: c.nbd.max_exports,
         }
     }
 }
@@ -120,6 +128,8 @@ pub struct Repository {
     pub metrics: Arc<Metrics>,
     /// Data directory.
     pub data: PathBuf,
+    /// NBD exports (in memory), which pin their backups against deletion.
+    pub exports: exports::ExportTable,
     gc: RwLock<()>,
     /// Set while a GC runs: every pin and upload then also adds its chunk to the mark set.
     gc_active: AtomicBool,
@@ -254,6 +264,7 @@ impl Repository {
             manifests,
             metrics,
             data,
+            exports: exports::ExportTable::default(),
             gc: RwLock::new(()),
             gc_active: AtomicBool::new(false),
             gc_job: Mutex::new(()),

@@ -25,7 +25,9 @@ impl Repository {
         // One deletion at a time under the `gc` read lock: a prune of many backups never holds
         // it across more than one of them.
         let _gc = self.gc_read();
-        self.deletable(m)?;
+        // Held until the catalog write: no export of this backup can be created in between.
+        let exports = self.exports.lock();
+        self.deletable(m, &exports)?;
         let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
         // The stored manifest goes first: a crash after it leaves the backup in the catalog (a
         // repeated delete finishes), never a manifest that would bring a deleted backup back.
@@ -181,7 +183,7 @@ impl Repository {
                     continue;
                 }
                 let outcome = if dry_run {
-                    self.deletable(m)
+                    self.deletable(m, &self.exports.lock())
                 } else {
                     self.delete_checked(m)
                 };
@@ -218,8 +220,8 @@ impl Repository {
     }
 
     /// The checks every deletion passes (also what a dry-run prune reports): not inside the
-    /// immutability window, not the base of an open session.
-    fn deletable(&self, m: &Manifest) -> Result<()> {
+    /// immutability window, not the base of an open session, not served as an NBD export.
+    fn deletable(&self, m: &Manifest, exports: &super::exports::Locked<'_>) -> Result<()> {
         let created = schema::time::parse_rfc3339(&m.created).unwrap_or(0);
         if self.settings.min_age_ms > 0 && self.now() - created < self.settings.min_age_ms {
             let until = schema::time::rfc3339(created + self.settings.min_age_ms);
@@ -240,6 +242,16 @@ impl Repository {
                 format!(
                     "backup {} is the base of open session {}; commit or delete that session first",
                     m.id, s.id
+                ),
+            ));
+        }
+        if let Some(until) = exports.pinned_until(&m.id, self.now()) {
+            return Err(Error::new(
+                ErrorCode::BackupInUse,
+                format!(
+                    "backup {} is served as an NBD export until {}; delete the export first",
+                    m.id,
+                    schema::time::rfc3339(until)
                 ),
             ));
         }
