@@ -9,7 +9,7 @@
 #   samba, smbclient   the gateway's tests run a real Samba server on loopback (smbclient inspects the share)
 #   chromium, chromium-driver, python3-venv   the console's browser tests drive a real headless Chromium over WebDriver
 #                      (Python selenium, pinned, in a venv under the cargo target directory: see the end)
-#   qemu-utils, libnbd-bin   the NBD tests and bench: qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon; nbdinfo, nbdcopy
+#   qemu-utils, libnbd-bin   the NBD tests and bench: qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon; nbdinfo, nbdcopy (and instant recovery's clients)
 set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }

@@ -26,6 +26,7 @@ mod metadata_checksums;
 mod mover;
 mod nbd;
 mod openapi;
+mod nbd_export;
 mod protocol;
 mod retention;
 mod store;
