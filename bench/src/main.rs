@@ -10,6 +10,8 @@
 //! - [`share`]: `bench share`, chunk ingest into a Samba share through the gateway's store.
 //! - [`nbd`]: `bench nbd`, a full backup read through `qemu-nbd` against the same image as a
 //!   file.
+//! - [`export`]: `bench export`, a backup read as an NBD export (`nbdcopy`, `qemu-img`) beside
+//!   the mover's restore.
 //!
 //! Servers are started with the integration tests' harness ([`tests::ChildServer`]), the WAN
 //! emulator is [`tests::wan`].
@@ -21,6 +23,7 @@ use clap::{Parser, Subcommand};
 
 mod catalog;
 mod compare;
+mod export;
 mod floor;
 mod measure;
 mod nbd;
@@ -107,6 +110,22 @@ enum Cmd {
         #[arg(long)]
         runs: Option<usize>,
     },
+    /// Read throughput of a backup served as an NBD export (nbdcopy, qemu-img convert) beside
+    /// the mover's restore to a file.
+    Export {
+        /// Directory with disk.raw (built here with --quick if absent).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Small disk built by the bench itself: for CI.
+        #[arg(long)]
+        quick: bool,
+        /// Runs per figure (median).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Scratch directory.
+        #[arg(long)]
+        work: Option<PathBuf>,
+    },
     /// Run the WAN emulator in front of a repository until interrupted.
     WanProxy {
         /// Address clients connect to.
@@ -149,6 +168,12 @@ fn main() -> Result<()> {
             let _ = std::fs::remove_dir_all(&work);
             r
         }
+        Cmd::Export {
+            dataset,
+            quick,
+            runs,
+            work,
+        } => export::run(&dataset, quick, runs.max(1), work),
         Cmd::Share { chunks, quick } => share::run(if quick { 64 } else { chunks }),
         Cmd::Catalog {
             backups,
