@@ -24,6 +24,9 @@ use crate::measure::{median, proc_cpu, timed};
 
 const METHOD: &str = "the repo-server binary on loopback with [nbd] listen; a full backup of disk.raw by the source-mover binary (1 MiB blocks); one export made over the API; per run, each reader with a warm page cache: `source-mover restore --to FILE` (8 streams, sparse writes), `nbdcopy URI null:` (libnbd defaults: multi-conn, 64 requests in flight per connection), `nbdcopy URI FILE`, `qemu-img convert -f raw -O raw URI FILE`. Wall and CPU (client user+sys plus the server's CPU over the step) from /usr/bin/time and /proc; MB/s = apparent disk size / wall (holes included, every reader skips them); medians over runs; the export's block cache is the default 64 MiB.";
 
+/// Makes the command of one reader (fresh for every run).
+type Reader<'a> = Box<dyn Fn() -> Command + 'a>;
+
 /// Runs the benchmark on `ds/disk.raw` (built with `quick` if absent), `runs` times.
 pub fn run(ds: &Path, quick: bool, runs: usize, work: Option<PathBuf>) -> Result<()> {
     if quick && !ds.join("disk.raw").exists() {
@@ -91,7 +94,7 @@ pub fn run(ds: &Path, quick: bool, runs: usize, work: Option<PathBuf>) -> Result
     let e: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let uri = e["uri"].as_str().context("export uri")?.to_owned();
     let file = work.join("out.raw");
-    let steps: Vec<(&str, Box<dyn Fn() -> Command>)> = vec![
+    let steps: Vec<(&str, Reader<'_>)> = vec![
         (
             "source-mover restore → file",
             Box::new(|| {
