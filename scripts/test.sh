@@ -16,7 +16,7 @@ cargo test --release --locked --workspace --lib --bins --tests 2>&1 | tee "$LOG"
 # gateway against every endpoint and error code.
 TEST_STORE=smb cargo test --release --locked -p tests --test it -- \
   protocol:: hostile:: tenancy:: catalog:: retention:: limits:: concurrency:: lifecycle:: \
-  mover:: tls:: wan:: 2>&1 | sed 's/^\(test .*\)$/\1 [smb store]/' | tee -a "$LOG" || status=$?
+  mover:: tls:: wan:: nbd_export:: 2>&1 | sed 's/^\(test .*\)$/\1 [smb store]/' | tee -a "$LOG" || status=$?
 passed=$(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' "$LOG" | paste -sd+ | bc)
 failed=$(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' "$LOG" | paste -sd+ | bc)
 echo
