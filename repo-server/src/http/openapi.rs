@@ -36,6 +36,8 @@ use utoipa::OpenApi;
     JobStatus,
     PruneRequest,
     PruneReport,
+    CreateExport,
+    ExportInfo,
     RetentionView,
     PolicySet,
     Policy,
@@ -140,6 +142,7 @@ const fn query(name: &'static str, schema: fn() -> Value, description: &'static 
 const SESSION: Param = path("id", uuid, "session id chosen by the client");
 const BACKUP: Param = path("id", name, "backup id");
 const DISK: Param = path("name", name, "disk name");
+const EXPORT: Param = path("export", string, "export name (from the export's creation)");
 const DIGEST: Param = path("digest", digest, "chunk id");
 const SOURCE: Param = path("source", string, "source name");
 const RANGE: Param = Param {
@@ -477,6 +480,34 @@ pub const OPERATIONS: &[Operation] = &[
             E::BackupImmutable,
             E::Unavailable,
         ],
+    },
+    Operation {
+        method: "post",
+        path: "/v1/backups/{id}/disks/{name}/exports",
+        summary: "Serve a backup's disk read-only over NBD (instant recovery): a capability name that expires",
+        public: false,
+        params: &[BACKUP, DISK],
+        request: &[Body::Json("CreateExport")],
+        ok: &[(201, "the export", &[Body::Json("ExportInfo")])],
+        errors: &[
+            E::BadId,
+            E::NotFound,
+            E::TooLarge,
+            E::UnsupportedType,
+            E::InvalidBody,
+            E::ExportsDisabled,
+            E::Unavailable,
+        ],
+    },
+    Operation {
+        method: "delete",
+        path: "/v1/backups/{id}/disks/{name}/exports/{export}",
+        summary: "End an NBD export (open connections are answered ESHUTDOWN)",
+        public: false,
+        params: &[BACKUP, DISK, EXPORT],
+        request: &[],
+        ok: &[(204, "ended", &[])],
+        errors: &[E::BadId, E::NotFound],
     },
     Operation {
         method: "get",
