@@ -99,6 +99,7 @@ pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> 
                 state_dir: work.join("state"),
                 progress: false,
                 file_index: true,
+                encryption_key: None,
             };
             let t = Instant::now();
             let r = backup(&client, &opts).await?;

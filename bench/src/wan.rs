@@ -107,6 +107,7 @@ pub fn goodput(mib: usize, rate: u64, rtts: &[u64]) -> Result<()> {
                 state_dir: dir.join("state"),
                 progress: false,
                 file_index: true,
+                encryption_key: None,
             };
             let t = Instant::now();
             let r = backup(&c, &o).await?;

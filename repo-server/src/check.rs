@@ -326,11 +326,7 @@ impl Checker {
         for m in &manifests {
             n += 1;
             logical += m.stats.logical_bytes as i64;
-            let file_index_chunks: Vec<ChunkId> = m
-                .file_indexes
-                .iter()
-                .flat_map(|r| r.chunks.iter().copied())
-                .collect();
+            let file_index_chunks: Vec<ChunkId> = m.extra_chunks().copied().collect();
             for c in self.absent(&file_index_chunks)? {
                 self.r.problem(
                     "dangling_references",

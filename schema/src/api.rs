@@ -168,6 +168,32 @@ pub struct CommitRequest {
     /// Guest file indexes uploaded as chunks of this session (an extension; optional).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub file_indexes: Vec<FileIndexRef>,
+    /// Set by a mover that encrypts (an extension; optional): the key id and the sealed file
+    /// index. Every chunk of such a backup is sealed (`schema::sealed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// How a backup is encrypted: which key, and where its sealed guest file index is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    /// The master key's public id (16 hex digits).
+    pub key_id: String,
+    /// The guest file indexes, encrypted: only a mover with the key reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_index: Option<SealedBlob>,
+}
+
+/// A blob stored as sealed chunks of the session: the concatenation of their plaintexts is
+/// `bytes` bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedBlob {
+    /// Plaintext length.
+    pub bytes: u64,
+    /// Its chunks, in order.
+    pub chunks: Vec<ChunkId>,
 }
 
 /// A guest file index of one file system, stored as chunks: the concatenation of `chunks` is
@@ -264,6 +290,29 @@ pub struct Manifest {
     /// `/v1/backups/{id}/files`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub file_indexes: Vec<FileIndexRef>,
+    /// Whether the backup is encrypted (its chunks sealed, its file index too).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
+    /// The key id and the sealed file index of an encrypted backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+impl Manifest {
+    /// The key id of an encrypted backup.
+    pub fn key_id(&self) -> Option<&str> {
+        self.encryption.as_ref().map(|e| e.key_id.as_str())
+    }
+
+    /// Every chunk the manifest names outside its disk indexes: the guest file indexes' and the
+    /// sealed file index's (GC roots, like the indexes).
+    pub fn extra_chunks(&self) -> impl Iterator<Item = &ChunkId> {
+        self.file_indexes.iter().flat_map(|r| &r.chunks).chain(
+            self.encryption
+                .iter()
+                .flat_map(|e| e.file_index.iter().flat_map(|b| &b.chunks)),
+        )
+    }
 }
 
 /// `GET /v1/backups` answer.

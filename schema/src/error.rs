@@ -69,6 +69,9 @@ codes! {
     FileExcluded = 409,
     /// The repository serves no NBD exports (no `[nbd] listen` in its configuration).
     ExportsDisabled = 409,
+    /// The backup is encrypted: the repository cannot read its data or its file index (the
+    /// mover with the backup's key can).
+    Encrypted = 409,
     /// A body or count over the limit.
     TooLarge = 413,
     /// A content type the route does not accept.

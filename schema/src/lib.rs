@@ -8,6 +8,7 @@
 //! - [`error`]: the stable error codes and the JSON error body.
 //! - [`fingerprint`]: the SHA-256 fingerprint of a TLS certificate, as printed and pinned.
 //! - [`query`]: percent-encoding of URL query values.
+//! - [`sealed`]: the sealed (encrypted) chunk frame and what a repository checks of it.
 //! - [`retention`]: GFS retention policies (which backups to keep).
 //! - [`time`]: RFC 3339 UTC formatting of timestamps kept as Unix milliseconds.
 //!
@@ -21,6 +22,7 @@ pub mod id;
 pub mod query;
 pub mod record;
 pub mod retention;
+pub mod sealed;
 pub mod time;
 
 pub use error::{ErrorBody, ErrorCode};

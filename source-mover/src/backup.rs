@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use schema::api::{ClientStats, FileIndexRef};
+use schema::api::{ClientStats, Encryption};
 use schema::ChunkId;
 
 use crate::cbt::ChangedBlocks;
@@ -85,6 +85,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
         base_index: Arc::new(base_index),
         block_size: u64::from(opts.block_size),
         level: opts.zstd_level,
+        key: opts.encryption_key.clone(),
     };
     let (starts, total) = resume_points(&session, &inputs, &work);
     let progress = Progress::start(total, opts.progress);
@@ -97,6 +98,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
         inputs.plans.clone(),
         opts.file_index,
         opts.zstd_level,
+        opts.encryption_key.clone(),
     );
     let data = pipeline::coordinate(
         &mut stages.rx,
@@ -115,6 +117,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     session.save().await?;
 
     let skipped = skipped(&inputs, &work, &tally);
+    let (files_indexed, file_index_seconds) = (indexed.entries, indexed.seconds);
     let id = commit(
         &mut session,
         &inputs,
@@ -122,7 +125,7 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
         &progress,
         opts,
         &skipped,
-        indexed.refs,
+        indexed,
     )
     .await?;
     let read_bytes = progress.read.load(Ordering::Relaxed);
@@ -140,8 +143,8 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     )
     .await?;
     r.read_bytes = read_bytes;
-    r.files_indexed = indexed.entries;
-    r.file_index_seconds = indexed.seconds;
+    r.files_indexed = files_indexed;
+    r.file_index_seconds = file_index_seconds;
     r.records = tally.records;
     r.chunks_uploaded = tally.uploaded;
     r.sent_bytes = tally.sent;
@@ -248,7 +251,7 @@ async fn commit(
     progress: &Progress,
     opts: &BackupOptions,
     skipped: &BTreeMap<String, u64>,
-    file_indexes: Vec<FileIndexRef>,
+    indexed: crate::guest_files::Indexed,
 ) -> Result<String> {
     let mut rounds = 0;
     loop {
@@ -256,9 +259,13 @@ async fn commit(
             read_bytes: progress.read.load(Ordering::Relaxed),
             skipped_bytes: skipped.clone(),
         };
-        let req = session
-            .commit_request(opts, stats, file_indexes.clone())
+        let mut req = session
+            .commit_request(opts, stats, indexed.refs.clone())
             .await?;
+        req.encryption = opts.encryption_key.as_ref().map(|k| Encryption {
+            key_id: k.id_hex(),
+            file_index: indexed.sealed.clone(),
+        });
         let e = match session.commit(&req).await {
             Ok(id) => return Ok(id.to_string()),
             Err(e) => e,

@@ -20,10 +20,12 @@ pub type DiskIndex = Vec<ChunkId>;
 /// The base of a new session: `opts.base` resolved to a backup id. A base with another block
 /// size on a disk of the same name cannot be built on (the repository refuses the session):
 /// with [`Base::Latest`] this backup starts a new chain, a full backup, and says why on stderr;
-/// a base named by id is an error, before anything is created.
+/// a base named by id is an error, before anything is created. The same holds for a base of
+/// another encryption (plain, or another key): an encrypted backup builds only on one of its key.
 ///
 /// # Errors
-/// A base named by id with another block size ([`Error::Refused`]), repository errors.
+/// A base named by id with another block size or encryption ([`Error::Refused`]), repository
+/// errors.
 pub async fn resolve(client: &RepoClient, opts: &BackupOptions) -> Result<Option<String>> {
     let m = match &opts.base {
         Base::None => return Ok(None),
@@ -38,6 +40,22 @@ pub async fn resolve(client: &RepoClient, opts: &BackupOptions) -> Result<Option
             Err(e) => return Err(e),
         },
     };
+    let ours = opts.encryption_key.as_ref().map(|k| k.id_hex());
+    if m.key_id() != ours.as_deref() {
+        let name = |k: Option<&str>| k.map_or("no encryption".to_string(), |k| format!("key {k}"));
+        let (theirs, ours) = (name(m.key_id()), name(ours.as_deref()));
+        if let Base::Id(id) = &opts.base {
+            return Err(Error::Refused(format!(
+                "--base {id}: that backup has {theirs}, this backup {ours}; an incremental keeps \
+                 its base's encryption (use its key, or --base none for a full backup)"
+            )));
+        }
+        eprintln!(
+            "source-mover: base {} has {theirs}, this backup {ours}: starting a new chain with a full backup",
+            m.id
+        );
+        return Ok(None);
+    }
     let other = m.disks.iter().find(|d| {
         d.block_size != opts.block_size && opts.disks.iter().any(|(n, _)| n == d.name.as_str())
     });

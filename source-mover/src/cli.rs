@@ -35,6 +35,9 @@ pub enum Cmd {
     /// Guest files of backups: list a directory, fetch a file, search names across backups.
     #[command(subcommand)]
     Files(FilesCmd),
+    /// Encryption keys: create, show, change the passphrase, export and import a paper key.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Start a repository, back up a freshly built VM disk, change it, back up incrementally,
     /// restore and check both: the whole product in one command.
     Demo {
@@ -64,10 +67,83 @@ pub struct Repo {
     pub retry_for: Duration,
 }
 
+/// The key of encrypted backups, as the commands that make or read them take it.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Encryption {
+    /// Key file (`source-mover key create`): a backup made with it is encrypted (an incremental
+    /// builds only on a backup of the same key); restore, verify and files need it to read one.
+    #[arg(long)]
+    pub encryption_key: Option<PathBuf>,
+    /// File holding the key file's passphrase [default: $SOURCE_MOVER_PASSPHRASE].
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Create a key file: a random 256-bit key wrapped by a passphrase (argon2id), or raw.
+    Create {
+        /// The new key file (mode 0600; never overwritten).
+        file: PathBuf,
+        /// Store the key unwrapped (for automation: protect the file itself).
+        #[arg(long)]
+        raw: bool,
+        /// File holding the passphrase [default: $SOURCE_MOVER_PASSPHRASE].
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Print the key's id and fingerprint (the same for every copy of the key).
+    Show {
+        file: PathBuf,
+        /// File holding the passphrase [default: $SOURCE_MOVER_PASSPHRASE].
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Wrap the key with a new passphrase (or store it raw); the key and its backups stay.
+    ChangePassphrase {
+        file: PathBuf,
+        /// File holding the current passphrase [default: $SOURCE_MOVER_PASSPHRASE].
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// File holding the new passphrase [default: $SOURCE_MOVER_NEW_PASSPHRASE].
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+        /// Store the key unwrapped instead.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Print the paper key (the raw key with a checksum) for disaster recovery.
+    Export {
+        file: PathBuf,
+        /// Print it as a paper key (the only export form).
+        #[arg(long, required = true)]
+        paper: bool,
+        /// File holding the passphrase [default: $SOURCE_MOVER_PASSPHRASE].
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Make a key file again from a paper key.
+    Import {
+        /// The new key file.
+        file: PathBuf,
+        /// File holding the paper key (- for standard input).
+        #[arg(long)]
+        paper: PathBuf,
+        /// Store the key unwrapped.
+        #[arg(long)]
+        raw: bool,
+        /// File holding the new file's passphrase [default: $SOURCE_MOVER_PASSPHRASE].
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     #[command(flatten)]
     pub repo: Repo,
+    #[command(flatten)]
+    pub encryption: Encryption,
     /// Source name (the VM).
     #[arg(long)]
     pub source: String,
@@ -129,6 +205,8 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub repo: Repo,
+    #[command(flatten)]
+    pub encryption: Encryption,
     /// Backup id, or latest.
     #[arg(long)]
     pub backup: String,
@@ -155,6 +233,8 @@ pub struct RestoreArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub repo: Repo,
+    #[command(flatten)]
+    pub encryption: Encryption,
     /// Backup id, or latest.
     #[arg(long)]
     pub backup: String,
@@ -197,6 +277,8 @@ pub enum FilesCmd {
     Search {
         #[command(flatten)]
         repo: Repo,
+        #[command(flatten)]
+        encryption: Encryption,
         /// Glob on the file name: nginx.conf, *.conf, log?.txt.
         #[arg(long)]
         name: String,
@@ -225,6 +307,8 @@ pub enum FilesCmd {
 pub struct FilesAt {
     #[command(flatten)]
     pub repo: Repo,
+    #[command(flatten)]
+    pub encryption: Encryption,
     /// Backup id, or latest.
     #[arg(long, default_value = "latest")]
     pub backup: String,

@@ -497,6 +497,37 @@ impl RepoClient {
         .await
     }
 
+    /// Uploads one sealed frame (`schema::sealed`, a chunk of an encrypted backup) of `raw_len`
+    /// plaintext bytes with the blake3 of its bytes, under the rate limit.
+    ///
+    /// # Errors
+    /// See [`RepoClient::send`].
+    pub async fn put_sealed(
+        &self,
+        session: &SessionId,
+        id: &ChunkId,
+        frame: Bytes,
+        raw_len: usize,
+    ) -> Result<Answer> {
+        if let Some(l) = &self.limit {
+            l.take(frame.len()).await;
+        }
+        let len = raw_len.to_string();
+        let digest = schema::sealed::hex(&schema::sealed::stored_digest(&frame));
+        let h = [
+            ("content-type", schema::sealed::CONTENT_TYPE),
+            ("chunk-length", len.as_str()),
+            (schema::sealed::STORED_DIGEST_HEADER, digest.as_str()),
+        ];
+        self.send(
+            Method::PUT,
+            &format!("/v1/sessions/{session}/chunks/{id}"),
+            &h,
+            frame,
+        )
+        .await
+    }
+
     /// `PUT /v1/sessions/{id}/disks/{disk}/entries?start=N`: appends encoded index records after
     /// the first `start`; returns how many records the repository then holds (`Index-Entries`).
     ///

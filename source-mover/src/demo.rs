@@ -389,6 +389,7 @@ pub async fn demo(dir: Option<PathBuf>) -> Result<()> {
             state_dir: dir.join("state"),
             progress: false,
             file_index: true,
+            encryption_key: None,
         })
     };
     say("day 1: full backup");

@@ -1,6 +1,7 @@
 //! The guest file catalog from the command line (`source-mover files ls|get|search`): the same
 //! answers as `GET /v1/backups/{id}/files`, `.../files/content` and `GET /v1/search`, with
-//! `latest` resolved, search pages followed, and listings printed like `ls -l`.
+//! `latest` resolved, search pages followed, and listings printed like `ls -l`. An encrypted
+//! backup's catalog is sealed: with its key these answer from [`crate::sealed_files`] instead.
 
 use std::fmt;
 use std::path::Path;
@@ -9,9 +10,13 @@ use schema::api::{FileListing, SearchHit, SearchResults};
 use schema::files::FileKind;
 use schema::query::encode;
 
+use std::sync::Arc;
+
 use crate::client::RepoClient;
 use crate::error::{Error, Result};
+use crate::key::MasterKey;
 use crate::restore::resolve;
+use crate::sealed_files;
 
 /// Which file system of a backup: by default the first indexed one of the first indexed disk.
 #[derive(Debug, Clone, Default)]
@@ -46,8 +51,16 @@ pub async fn list(
     path: &str,
     depth: u32,
     fs: &FileSystem,
+    key: Option<&Arc<MasterKey>>,
 ) -> Result<FileListing> {
     let m = resolve(client, backup, source).await?;
+    if m.key_id().is_some() {
+        crate::restore::check_key(&m, key.map(|k| &**k))?;
+        if let Some(k) = key {
+            let all = sealed_files::load(client, &m, k).await?;
+            return sealed_files::list(&m, &all, fs, path, depth);
+        }
+    }
     client.files(&m.id, path, depth, &fs.query()).await
 }
 
@@ -61,9 +74,17 @@ pub async fn get(
     source: Option<&str>,
     path: &str,
     fs: &FileSystem,
+    key: Option<&Arc<MasterKey>>,
     out: &mut (dyn std::io::Write + Send),
 ) -> Result<u64> {
     let m = resolve(client, backup, source).await?;
+    if m.key_id().is_some() {
+        crate::restore::check_key(&m, key.map(|k| &**k))?;
+        if let Some(k) = key {
+            let all = sealed_files::load(client, &m, k).await?;
+            return sealed_files::get(client, &m, &all, fs, path, k, out).await;
+        }
+    }
     client.file_content(&m.id, path, &fs.query(), out).await
 }
 
@@ -81,17 +102,18 @@ pub async fn get_to(
     path: &str,
     fs: &FileSystem,
     to: Option<&Path>,
+    key: Option<&Arc<MasterKey>>,
 ) -> Result<u64> {
     let Some(to) = to else {
         let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-        let n = get(client, backup, source, path, fs, &mut stdout).await?;
+        let n = get(client, backup, source, path, fs, key, &mut stdout).await?;
         std::io::Write::flush(&mut stdout).map_err(|e| Error::io("standard output", e))?;
         return Ok(n);
     };
     let part = to.with_extension("part");
     let mut file = std::fs::File::create(&part)
         .map_err(|e| Error::io(format!("cannot create {}", part.display()), e))?;
-    match get(client, backup, source, path, fs, &mut file).await {
+    match get(client, backup, source, path, fs, key, &mut file).await {
         Ok(n) => {
             stdx::durable::persist(file, &part, to).map_err(|e| {
                 Error::io(
@@ -124,11 +146,20 @@ pub struct Search {
     pub until: Option<String>,
 }
 
-/// Searches, following pages until `max` results; newest backup first.
+/// Searches, following pages until `max` results; newest backup first. With a key, searches
+/// the encrypted backups of that key instead, through the mover ([`sealed_files::search`]).
 ///
 /// # Errors
 /// A malformed query (400), or repository errors.
-pub async fn search(client: &RepoClient, s: &Search, max: usize) -> Result<SearchResults> {
+pub async fn search(
+    client: &RepoClient,
+    s: &Search,
+    max: usize,
+    key: Option<&Arc<MasterKey>>,
+) -> Result<SearchResults> {
+    if let Some(k) = key {
+        return sealed_files::search(client, k, s, max).await;
+    }
     let mut q = format!("name={}", encode(&s.name));
     for (k, v) in [
         ("path", &s.path),

@@ -51,6 +51,9 @@ pub struct BackupOptions {
     /// Index the guest files of every ext2/3/4 file system (file listing, single-file restore
     /// and search in the catalog). Off: the backup has no file index; excludes still apply.
     pub file_index: bool,
+    /// Encrypt the backup with this key (`--encryption-key`): keyed chunk ids, sealed chunks,
+    /// a sealed file index. An incremental builds only on a backup of the same key.
+    pub encryption_key: Option<Arc<crate::key::MasterKey>>,
 }
 
 impl Base {

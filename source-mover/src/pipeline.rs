@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use crate::base::DiskIndex;
 use crate::client::RepoClient;
 use crate::error::{blocking, Error, Result};
+use crate::key::MasterKey;
 use crate::plan::DiskPlan;
 use crate::progress::Progress;
 use crate::ranges::Ranges;
@@ -42,6 +43,23 @@ pub struct Inputs {
     pub block_size: u64,
     /// zstd level of uploaded chunks.
     pub level: i32,
+    /// The key of an encrypted backup: chunk ids are keyed hashes, chunks are sealed.
+    pub key: Option<Arc<MasterKey>>,
+}
+
+impl Inputs {
+    /// The chunk id of a block: blake3, or the keyed hash of an encrypted backup.
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        chunk_id(self.key.as_deref(), data)
+    }
+}
+
+/// The chunk id of `data`: blake3, or its keyed hash under `key`.
+pub fn chunk_id(key: Option<&MasterKey>, data: &[u8]) -> ChunkId {
+    match key {
+        Some(k) => k.chunk_id(data),
+        None => ChunkId::of(data),
+    }
 }
 
 /// The pipeline's figures of one run.
@@ -145,7 +163,8 @@ impl Stages {
                 }
             }
         });
-        let hasher = std::thread::spawn(move || hash_all(raw_rx, tx));
+        let key = inputs.key.clone();
+        let hasher = std::thread::spawn(move || hash_all(raw_rx, tx, key));
         Stages { reader, hasher, rx }
     }
 
@@ -161,17 +180,22 @@ impl Stages {
     }
 }
 
-/// The hasher thread: blake3 of each block read; an all-zero block becomes a hole.
-fn hash_all(mut raw_rx: Receiver<Result<Item>>, tx: tokio::sync::mpsc::Sender<Result<Item>>) {
+/// The hasher thread: blake3 (or the keyed hash under `key`) of each block read; an all-zero
+/// block becomes a hole.
+fn hash_all(
+    mut raw_rx: Receiver<Result<Item>>,
+    tx: tokio::sync::mpsc::Sender<Result<Item>>,
+    key: Option<Arc<MasterKey>>,
+) {
     // Digests of all-zero blocks, per length (the block size and a short last block).
     let mut zero_ids: HashMap<usize, ChunkId> = HashMap::new();
     while let Some(mut item) = raw_rx.blocking_recv() {
         if let Ok(it) = &mut item {
             if let Some(d) = &it.data {
-                let id = ChunkId::of(d);
+                let id = chunk_id(key.as_deref(), d);
                 let zero = *zero_ids
                     .entry(d.len())
-                    .or_insert_with(|| ChunkId::of(&vec![0u8; d.len()]));
+                    .or_insert_with(|| chunk_id(key.as_deref(), &vec![0u8; d.len()]));
                 if id == zero {
                     it.zero = true;
                     it.data = None;
@@ -294,6 +318,7 @@ impl Coordinator<'_> {
                 self.client.clone(),
                 self.session.id,
                 self.inputs.level,
+                self.inputs.key.clone(),
                 format!("block {} of disk {name}", it.block),
                 it.id,
                 data,
@@ -373,25 +398,35 @@ impl Coordinator<'_> {
     }
 }
 
-/// Compresses `data` (chunk `id`) on the blocking pool and uploads it; returns the compressed
-/// size. `what` names the block in errors.
-async fn upload(
+/// Compresses `data` (chunk `id`) on the blocking pool, seals it when the backup is encrypted
+/// (`key`), and uploads it; returns the uploaded size. `what` names the block in errors.
+pub(crate) async fn upload(
     client: RepoClient,
     session: schema::SessionId,
     level: i32,
+    key: Option<Arc<MasterKey>>,
     what: String,
     id: ChunkId,
     data: Vec<u8>,
 ) -> Result<u64> {
     let len = data.len();
-    let frame = blocking("compressing", move || {
-        zstd::bulk::compress(&data, level).map_err(|e| Error::io(format!("compressing {what}"), e))
+    let sealed = key.is_some();
+    let frame = blocking("compressing", move || match key {
+        Some(k) => crate::seal::seal(&k, &id, &data, level),
+        None => zstd::bulk::compress(&data, level)
+            .map_err(|e| Error::io(format!("compressing {what}"), e)),
     })
     .await?;
     let n = frame.len() as u64;
-    client
-        .put_chunk(&session, &id, Bytes::from(frame), len)
-        .await?;
+    if sealed {
+        client
+            .put_sealed(&session, &id, Bytes::from(frame), len)
+            .await?;
+    } else {
+        client
+            .put_chunk(&session, &id, Bytes::from(frame), len)
+            .await?;
+    }
     Ok(n)
 }
 
@@ -433,6 +468,7 @@ pub async fn heal(
         }
         let blocks: Vec<(u64, ChunkId)> = current.into_iter().collect();
         let (disks, plans) = (inputs.disks.clone(), inputs.plans.clone());
+        let key = inputs.key.clone();
         // Read and hash on the blocking pool: (what the block was, what it is now, its item).
         let items = blocking("re-reading blocks", move || {
             blocks
@@ -440,7 +476,9 @@ pub async fn heal(
                 .map(|(block, was)| {
                     let it = read_block(disks[d].as_ref(), &plans[d], d, block, bs)?;
                     let id = match &it.data {
-                        Some(data) if data.iter().any(|&b| b != 0) => ChunkId::of(data),
+                        Some(data) if data.iter().any(|&b| b != 0) => {
+                            chunk_id(key.as_deref(), data)
+                        }
                         _ => ChunkId::HOLE,
                     };
                     Ok((was, id, it))
@@ -458,6 +496,7 @@ pub async fn heal(
                     session.client().clone(),
                     session.id,
                     inputs.level,
+                    inputs.key.clone(),
                     what,
                     id,
                     data,

@@ -3,6 +3,9 @@
 //! a block device gets zeros; an NBD export gets `NBD_CMD_WRITE_ZEROES` and a flush at the
 //! end) or, for verify, only check it. Decompression, checks, positional
 //! writes and the final fsync run on the blocking pool, never on the async loop that fetches.
+//! An encrypted backup needs its key ([`restore_with`]): it is checked against the manifest's
+//! key id before the target is opened, and every chunk is opened with it ([`crate::seal::open`]:
+//! AEAD tag, then the keyed digest of the plaintext).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -17,6 +20,7 @@ use schema::ChunkId;
 
 use crate::client::RepoClient;
 use crate::error::{blocking, Error, Result};
+use crate::key::MasterKey;
 use crate::nbd::{Client, Timeouts};
 use crate::progress::Progress;
 use crate::report::peak_rss;
@@ -136,7 +140,8 @@ impl Target {
 /// Restores disk `disk` of `m` to `to`, or only verifies it when `to` is `None`.
 ///
 /// # Errors
-/// A block that does not match its digest, repository or file errors.
+/// A block that does not match its digest, repository or file errors; an encrypted backup
+/// ([`restore_with`] takes its key).
 pub async fn restore(
     client: &RepoClient,
     m: &Manifest,
@@ -145,6 +150,46 @@ pub async fn restore(
     streams: usize,
     progress: bool,
 ) -> Result<RestoreReport> {
+    restore_with(client, m, disk, to, streams, progress, None).await
+}
+
+/// Checks that `key` can read backup `m`: an encrypted backup needs the key whose id its
+/// manifest names.
+///
+/// # Errors
+/// [`Error::Refused`] saying which key the backup needs.
+pub fn check_key(m: &Manifest, key: Option<&MasterKey>) -> Result<()> {
+    match (m.key_id(), key) {
+        (None, _) => Ok(()),
+        (Some(want), None) => Err(Error::Refused(format!(
+            "backup {} is encrypted with key {want}: give its key with --encryption-key FILE",
+            m.id
+        ))),
+        (Some(want), Some(k)) if k.id_hex() != want => Err(Error::Refused(format!(
+            "backup {} is encrypted with key {want}, not with the given key {}",
+            m.id,
+            k.id_hex()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// [`restore`] with the key of an encrypted backup; the key is checked against the manifest
+/// before anything is fetched or written.
+///
+/// # Errors
+/// As [`restore`]; [`Error::Refused`] for a missing or wrong key.
+pub async fn restore_with(
+    client: &RepoClient,
+    m: &Manifest,
+    disk: &str,
+    to: Option<&Path>,
+    streams: usize,
+    progress: bool,
+    key: Option<Arc<MasterKey>>,
+) -> Result<RestoreReport> {
+    check_key(m, key.as_deref())?;
+    let key = key.filter(|_| m.encrypted || m.key_id().is_some());
     let started = Instant::now();
     let d = m
         .disks
@@ -167,7 +212,7 @@ pub async fn restore(
         }
     };
     let prog = Progress::start(d.size, progress);
-    let copied = copy(client, &d, &index, target.clone(), streams, &prog).await;
+    let copied = copy(client, &d, &index, target.clone(), streams, &prog, key).await;
     prog.finish();
     let (holes, fetched, mut written) = copied?;
     if let Some(t) = target {
@@ -214,6 +259,7 @@ async fn copy(
     target: Option<Target>,
     streams: usize,
     prog: &Arc<Progress>,
+    key: Option<Arc<MasterKey>>,
 ) -> Result<(u64, u64, u64)> {
     let bs = u64::from(d.block_size);
     let disk = d.name.as_str();
@@ -249,8 +295,9 @@ async fn copy(
             id: *id,
         };
         let (client, target, prog) = (client.clone(), target.clone(), prog.clone());
+        let key = key.clone();
         tasks.spawn(async move {
-            let n = fetch(&client, block, target, &prog).await?;
+            let n = fetch(&client, block, target, &prog, key).await?;
             drop(permit);
             Ok::<u64, Error>(n)
         });
@@ -283,6 +330,7 @@ async fn fetch(
     b: Block,
     target: Option<Target>,
     prog: &Arc<Progress>,
+    key: Option<Arc<MasterKey>>,
 ) -> Result<u64> {
     let frame: Bytes = client.chunk(&b.id).await?;
     let n = frame.len() as u64;
@@ -294,9 +342,15 @@ async fn fetch(
             chunk: b.id.to_string(),
             message,
         };
-        let data = zstd::bulk::decompress(&frame, b.len)
-            .map_err(|e| corrupt(format!("does not decompress: {e}")))?;
-        if data.len() != b.len || ChunkId::of(&data) != b.id {
+        let data = match &key {
+            Some(k) => crate::seal::open(k, &b.id, b.len, &frame).map_err(corrupt)?,
+            None if schema::sealed::is_sealed(&frame) => {
+                return Err(corrupt("is sealed, but its backup is not encrypted".into()))
+            }
+            None => zstd::bulk::decompress(&frame, b.len)
+                .map_err(|e| corrupt(format!("does not decompress: {e}")))?,
+        };
+        if key.is_none() && (data.len() != b.len || ChunkId::of(&data) != b.id) {
             return Err(corrupt(
                 "content does not match the digest in the index".into(),
             ));

@@ -63,7 +63,12 @@ impl Session {
         plans: &[DiskPlan],
         cbt: &BTreeMap<String, ChangedBlocks>,
     ) -> Result<Opened> {
-        let key = journal::key(client.url(), &opts.source, &opts.disks);
+        // An encrypted run never continues a plain one (or one of another key), nor the reverse.
+        let source = match &opts.encryption_key {
+            Some(k) => format!("{}\0key {}", opts.source, k.id_hex()),
+            None => opts.source.clone(),
+        };
+        let key = journal::key(client.url(), &source, &opts.disks);
         let (dir, k) = (opts.state_dir.clone(), key.clone());
         if let Some(j) = blocking("loading the journal", move || Journal::load(&dir, &k)).await? {
             if let Some(opened) = Self::resume(client, j, cbt).await? {
@@ -247,6 +252,7 @@ impl Session {
             metadata: serde_json::to_value(&metadata).map_err(|e| Error::Invalid(e.to_string()))?,
             client_stats: Some(client_stats),
             file_indexes,
+            encryption: None,
         })
     }
 

@@ -32,6 +32,7 @@ pub fn opts_for(source: &str, disk: Arc<dyn BlockSource>, state: &Path) -> Backu
         state_dir: state.to_owned(),
         progress: false,
         file_index: true,
+        encryption_key: None,
     }
 }
 

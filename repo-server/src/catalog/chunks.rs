@@ -16,39 +16,61 @@ pub struct ChunkMeta {
     /// When the file was written (stored or healed), Unix ms: GC's age test. Pins, not this
     /// time, protect chunks in use; the row is never rewritten just to refresh it.
     pub touched_ms: i64,
-    /// Bit 0: marked bad by verify (treated as missing until a fresh copy arrives).
+    /// Bit 0: marked bad by verify (treated as missing until a fresh copy arrives). Bit 1:
+    /// sealed (set exactly when `sealed` is).
     pub flags: u8,
+    /// For a sealed chunk (`schema::sealed`, opaque to the repository): the blake3 of its stored
+    /// bytes, which the mover sent with the upload and verify re-checks.
+    pub sealed: Option<[u8; 32]>,
 }
 
 impl ChunkMeta {
     /// Flag: verify found the file corrupt or missing.
     pub const BAD: u8 = 1;
 
+    /// Flag: a sealed frame, stored opaque; the value carries its stored digest.
+    pub const SEALED: u8 = 2;
+
     /// Whether verify marked it bad.
     pub fn is_bad(&self) -> bool {
         self.flags & Self::BAD != 0
     }
 
-    /// The stored value: raw length (8) + stored length (8) + touched ms (8) + flags (1), LE.
-    fn encode(&self) -> [u8; 25] {
-        let mut b = [0u8; 25];
-        b[..8].copy_from_slice(&self.raw_len.to_le_bytes());
-        b[8..16].copy_from_slice(&self.stored_len.to_le_bytes());
-        b[16..24].copy_from_slice(&self.touched_ms.to_le_bytes());
-        b[24] = self.flags;
+    /// The stored value: raw length (8) + stored length (8) + touched ms (8) + flags (1), LE;
+    /// a sealed chunk adds its stored digest (32). Rows written before sealed chunks existed
+    /// are the 25-byte form and decode unchanged.
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(57);
+        b.extend_from_slice(&self.raw_len.to_le_bytes());
+        b.extend_from_slice(&self.stored_len.to_le_bytes());
+        b.extend_from_slice(&self.touched_ms.to_le_bytes());
+        match &self.sealed {
+            None => b.push(self.flags & !Self::SEALED),
+            Some(d) => {
+                b.push(self.flags | Self::SEALED);
+                b.extend_from_slice(d);
+            }
+        }
         b
     }
 
-    /// A stored value back (`None` for another length).
+    /// A stored value back (`None` for another length, or a sealed flag without a digest).
     fn decode(b: &[u8]) -> Option<ChunkMeta> {
-        if b.len() != 25 {
+        if b.len() != 25 && b.len() != 57 {
             return None;
         }
+        let flags = b[24];
+        let sealed = match (b.len(), flags & Self::SEALED != 0) {
+            (25, false) => None,
+            (57, true) => Some(b[25..57].try_into().ok()?),
+            _ => return None,
+        };
         Some(ChunkMeta {
             raw_len: keys::parse_u64(&b[0..8]),
             stored_len: keys::parse_u64(&b[8..16]),
             touched_ms: keys::parse_i64(&b[16..24]),
-            flags: b[24],
+            flags,
+            sealed,
         })
     }
 }
@@ -216,6 +238,7 @@ mod tests {
             stored_len: 2,
             touched_ms: -3,
             flags: 1,
+            sealed: None,
         };
         assert_eq!(m.encode()[..9], [1, 0, 0, 0, 0, 0, 0, 0, 2]);
         assert_eq!(
@@ -224,5 +247,25 @@ mod tests {
         );
         assert_eq!(ChunkMeta::decode(&m.encode()), Some(m));
         assert_eq!(ChunkMeta::decode(&[0; 24]), None);
+        // A sealed row carries its stored digest; the flag and the length must agree.
+        let s = ChunkMeta {
+            flags: 0,
+            sealed: Some([7; 32]),
+            ..m
+        };
+        let enc = s.encode();
+        assert_eq!(enc.len(), 57);
+        assert_eq!(enc[24], ChunkMeta::SEALED);
+        assert_eq!(
+            ChunkMeta::decode(&enc),
+            Some(ChunkMeta {
+                flags: ChunkMeta::SEALED,
+                ..s
+            })
+        );
+        assert_eq!(ChunkMeta::decode(&enc[..25]), None);
+        let mut plain = m.encode();
+        plain[24] |= ChunkMeta::SEALED;
+        assert_eq!(ChunkMeta::decode(&plain), None);
     }
 }

@@ -23,6 +23,7 @@ use crate::repo::ingest::Stored;
 use crate::repo::read::{Cursor, ListQuery};
 
 const ZSTD: &str = "application/zstd";
+const SEALED: &str = schema::sealed::CONTENT_TYPE;
 
 fn with_header(mut r: Response, name: &'static str, value: impl ToString) -> Response {
     if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
@@ -219,8 +220,9 @@ pub(super) async fn head_chunk(
     let mut r = StatusCode::OK.into_response();
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(m.stored_len));
+    let kind = if m.sealed.is_some() { SEALED } else { ZSTD };
     r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ZSTD));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     Ok(with_header(r, "chunk-length", m.raw_len))
 }
 
@@ -232,21 +234,22 @@ pub(super) async fn get_chunk(
 ) -> Result<Response> {
     let raw = hdr(&headers, "accept").is_some_and(|a| a.contains(OCTET) && !a.contains(ZSTD));
     let repo = st.repo.clone();
-    let (bytes, raw_len) = blocking(move || {
+    let (bytes, raw_len, sealed) = blocking(move || {
         let m = repo.chunk_meta(&caller, &id)?;
         let b = if raw {
             repo.read_chunk(&id, m.raw_len)?
         } else {
             repo.chunk_frame(&caller, &id)?
         };
-        Ok((b, m.raw_len))
+        Ok((b, m.raw_len, m.sealed.is_some()))
     })
     .await?;
-    let r = with_header(
-        bytes.into_response(),
-        "content-type",
-        if raw { OCTET } else { ZSTD },
-    );
+    let kind = match (raw, sealed) {
+        (true, _) => OCTET,
+        (false, true) => SEALED,
+        (false, false) => ZSTD,
+    };
+    let r = with_header(bytes.into_response(), "content-type", kind);
     Ok(with_header(r, "chunk-length", raw_len))
 }
 
@@ -356,7 +359,7 @@ pub(super) async fn get_image(
     headers: HeaderMap,
 ) -> Result<Response> {
     let repo = st.repo.clone();
-    let img = blocking(move || repo.disk_image(&caller, &id, &disk)).await?;
+    let img = blocking(move || repo.plain_image(&caller, &id, &disk)).await?;
     let repo = st.repo.clone();
     body::ranged(&headers, img.disk.size, move |first, last, send| {
         let bs = u64::from(img.disk.block_size);

@@ -20,11 +20,13 @@ use crate::error::{Error, Result};
 use crate::repo::ingest::Encoding;
 
 const ZSTD: &str = "application/zstd";
+const SEALED: &str = schema::sealed::CONTENT_TYPE;
 
 /// `PUT /v1/sessions/{id}/chunks/{digest}`, checked from its path and headers before any of its
 /// body is read, in this order: the session id and the digest (400 `BAD_ID`/`BAD_DIGEST`; the
-/// all-zero digest is a hole and never stored), `Content-Type` (415 unless `application/zstd`
-/// or `application/octet-stream`), `Chunk-Length` (400 `MISSING_CHUNK_LENGTH` when absent, 400
+/// all-zero digest is a hole and never stored), `Content-Type` (415 unless `application/zstd`,
+/// `application/octet-stream` or `application/vnd.backup.sealed`, which needs a valid
+/// `Stored-Blake3`: 400), `Chunk-Length` (400 `MISSING_CHUNK_LENGTH` when absent, 400
 /// when not a number, 413 over `limits.max_chunk_bytes`). The body stays unread until
 /// [`ChunkUpload::receive`], so a chunk the repository holds is answered without it.
 #[derive(Debug)]
@@ -59,11 +61,27 @@ impl FromRequest<AppState> for ChunkUpload {
         let encoding = match content_type(&headers).as_deref() {
             Some(ZSTD) => Encoding::Zstd,
             Some(OCTET) => Encoding::Raw,
+            Some(SEALED) => {
+                let name = schema::sealed::STORED_DIGEST_HEADER;
+                let v = header(&headers, name).ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::BadRequest,
+                        format!("a sealed chunk needs the {name} header (blake3 of the body, 64 lowercase hex digits)"),
+                    )
+                })?;
+                let stored = schema::sealed::parse_digest(&v).ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::BadRequest,
+                        format!("{name} {v:?} is not 64 lowercase hex digits"),
+                    )
+                })?;
+                Encoding::Sealed { stored }
+            }
             other => {
                 return Err(Error::new(
                     ErrorCode::UnsupportedType,
                     format!(
-                        "chunk bodies are {ZSTD} or {OCTET}, not {}",
+                        "chunk bodies are {ZSTD}, {OCTET} or {SEALED}, not {}",
                         other.unwrap_or("(none)")
                     ),
                 ))
@@ -108,6 +126,7 @@ impl ChunkUpload {
         match self.encoding {
             Encoding::Raw => self.len,
             Encoding::Zstd => zstd_body_limit(self.len),
+            Encoding::Sealed { .. } => schema::sealed::max_len(zstd_body_limit(self.len)),
         }
     }
 

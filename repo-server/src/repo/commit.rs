@@ -65,6 +65,7 @@ impl Repository {
                 })?),
                 None => None,
             };
+        self.check_encryption(s, &req, base.as_ref())?;
         // Build each disk's full index: the base's (resized), then the records in order.
         let mut indexes = Vec::with_capacity(r.params.disks.len());
         for (i, d) in r.params.disks.iter().enumerate() {
@@ -165,6 +166,8 @@ impl Repository {
             metadata: req.metadata,
             session: s.to_string(),
             file_indexes: req.file_indexes,
+            encrypted: req.encryption.is_some(),
+            encryption: req.encryption,
         };
         let mut done = r.clone();
         done.state = SessionState::Committed;
@@ -199,6 +202,78 @@ impl Repository {
             created: true,
             backup_id,
         })
+    }
+
+    /// The encryption extension of a commit: an encrypted backup has no plaintext file index,
+    /// builds only on a backup of the same key (and a plain one only on a plain one), and its
+    /// sealed file index is made of sealed chunks pinned by the session holding `bytes` bytes.
+    fn check_encryption(
+        &self,
+        s: &SessionId,
+        req: &CommitRequest,
+        base: Option<&Manifest>,
+    ) -> Result<()> {
+        let ours = req.encryption.as_ref().map(|e| e.key_id.as_str());
+        if let Some(b) = base {
+            if b.key_id() != ours {
+                let name = |k: Option<&str>| k.map_or("no key".to_string(), |k| format!("key {k}"));
+                return Err(Error::new(
+                    ErrorCode::InvalidBody,
+                    format!(
+                        "base {} is encrypted with {}, this backup with {}: an incremental keeps \
+                         its base's encryption (start a new chain with a full backup)",
+                        b.id,
+                        name(b.key_id()),
+                        name(ours)
+                    ),
+                ));
+            }
+        }
+        let Some(e) = &req.encryption else {
+            return Ok(());
+        };
+        let hex_id = e.key_id.len() == 16 && e.key_id.bytes().all(|c| c.is_ascii_hexdigit());
+        if !hex_id {
+            return Err(Error::new(
+                ErrorCode::InvalidBody,
+                format!("key id {:?} is not 16 hex digits", e.key_id),
+            ));
+        }
+        if !req.file_indexes.is_empty() {
+            return Err(Error::new(
+                ErrorCode::InvalidBody,
+                "an encrypted backup names no plaintext file_indexes (its file index is sealed)",
+            ));
+        }
+        let Some(blob) = &e.file_index else {
+            return Ok(());
+        };
+        let pinned = self.catalog.pins(s, &blob.chunks)?;
+        let metas = self.catalog.chunks(&blob.chunks)?;
+        let mut total = 0u64;
+        for ((c, p), m) in blob.chunks.iter().zip(pinned).zip(metas) {
+            match m.filter(|m| p.is_some() && m.sealed.is_some() && !m.is_bad()) {
+                Some(m) => total += m.raw_len,
+                None => {
+                    return Err(Error::new(
+                        ErrorCode::UnknownChunk,
+                        format!(
+                            "sealed file index chunk {c} is not a sealed chunk of this session"
+                        ),
+                    ))
+                }
+            }
+        }
+        if total != blob.bytes {
+            return Err(Error::new(
+                ErrorCode::LengthMismatch,
+                format!(
+                    "the sealed file index's chunks hold {total} bytes, the commit says {}",
+                    blob.bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn check_disks(&self, r: &SessionRecord, req: &CommitRequest) -> Result<()> {

@@ -228,6 +228,16 @@ impl Repository {
         disk: Option<&DiskName>,
         part: Option<u32>,
     ) -> Result<&'m FileIndexRef> {
+        if let Some(key) = m.key_id() {
+            return Err(Error::new(
+                ErrorCode::Encrypted,
+                format!(
+                    "the guest file index of backup {} is encrypted (key {key}): the repository \
+                     cannot read file names; use source-mover files ls|get|search --encryption-key",
+                    m.id
+                ),
+            ));
+        }
         if m.file_indexes.is_empty() {
             return Err(Error::new(
                 ErrorCode::NotFound,

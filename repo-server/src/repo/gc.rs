@@ -170,7 +170,7 @@ impl Repository {
                         .write_scratch(std::mem::replace(&mut b, self.catalog.batch()))?;
                 }
             }
-            for c in m.file_indexes.iter().flat_map(|r| &r.chunks) {
+            for c in m.extra_chunks() {
                 out.references += 1;
                 b.put_mark(c);
             }

@@ -377,12 +377,19 @@ impl Repository {
     /// Reads and decompresses a stored chunk, checking its length.
     ///
     /// # Errors
-    /// Internal errors when the file is missing or does not decode to `raw_len` bytes.
+    /// 409 `ENCRYPTED` for a sealed chunk (only the mover with its key can open it); internal
+    /// errors when the file is missing or does not decode to `raw_len` bytes.
     pub fn read_chunk(&self, id: &ChunkId, raw_len: u64) -> Result<Vec<u8>> {
         let frame = self
             .chunks
             .get(id)
             .map_err(|e| Error::storage(&format!("reading chunk {id}"), e))?;
+        if schema::sealed::is_sealed(&frame) {
+            return Err(Error::new(
+                schema::ErrorCode::Encrypted,
+                format!("chunk {id} is sealed: only a mover with its backup's key can read it"),
+            ));
+        }
         let data = zstd::bulk::decompress(&frame, raw_len as usize)
             .map_err(|e| Error::internal(&format!("decompressing chunk {id}"), e))?;
         if data.len() as u64 != raw_len {

@@ -200,6 +200,30 @@ impl Repository {
         Ok(DiskImage { disk: d, index })
     }
 
+    /// [`Repository::disk_image`] of a backup the repository can read: an encrypted backup's
+    /// data is sealed (409 `ENCRYPTED`, before anything is streamed).
+    ///
+    /// # Errors
+    /// 404 for an unknown backup or disk, 409 `ENCRYPTED`.
+    pub fn plain_image(
+        &self,
+        caller: &Caller,
+        id: &BackupId,
+        disk: &DiskName,
+    ) -> Result<DiskImage> {
+        let m = self.manifest(caller, id)?;
+        if let Some(key) = m.key_id() {
+            return Err(Error::new(
+                schema::ErrorCode::Encrypted,
+                format!(
+                    "backup {id} is encrypted (key {key}): the repository cannot read its disks; \
+                     restore it with source-mover restore --encryption-key"
+                ),
+            ));
+        }
+        self.disk_image(caller, id, disk)
+    }
+
     /// The bytes of block `b` of an opened disk (zeros for a hole).
     ///
     /// # Errors

@@ -1,5 +1,6 @@
 //! Verify: re-read every chunk (or a sample, or those not verified lately), decompress and
-//! re-hash it.
+//! re-hash it; a sealed chunk (which the repository cannot open) is re-hashed as stored and
+//! compared with the stored-bytes digest its upload carried, and its frame header re-checked.
 //!
 //! Reading and hashing take no lock (paced by `[store] verify_rate` when set; a chunk GC
 //! removes meanwhile just reads as missing). A corrupt or missing chunk is checked again under
@@ -238,11 +239,17 @@ impl Repository {
         Ok(Some(health))
     }
 
-    /// Reads, decompresses and re-hashes one chunk's file.
+    /// Reads, decompresses and re-hashes one chunk's file (a sealed one: re-hashes it as stored).
     fn chunk_health(&self, c: &ChunkId, m: &ChunkMeta) -> Result<Health> {
         match self.chunks.get(c) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Health::Missing),
             Err(e) => Err(e.into()),
+            Ok(frame) if m.sealed.is_some() => {
+                let ok = m.sealed == Some(schema::sealed::stored_digest(&frame))
+                    && schema::sealed::Header::parse(&frame)
+                        .is_ok_and(|h| h.chunk == *c && h.raw_len == m.raw_len);
+                Ok(if ok { Health::Sound } else { Health::Corrupt })
+            }
             Ok(frame) => {
                 let ok = zstd::bulk::decompress(&frame, m.raw_len as usize)
                     .is_ok_and(|d| d.len() as u64 == m.raw_len && ChunkId::of(&d) == *c);

@@ -11,7 +11,7 @@ use source_mover::client::RepoClient;
 use source_mover::files::{self, Hits, Listing};
 use source_mover::profile::{default_state_dir, Profile};
 use source_mover::report::BackupTable;
-use source_mover::restore::{resolve, restore};
+use source_mover::restore::{resolve, restore_with};
 use source_mover::tls::Trust;
 
 fn client(r: &Repo, limit: Option<u64>, connections: usize) -> anyhow::Result<RepoClient> {
@@ -77,6 +77,7 @@ fn backup_options(a: BackupArgs, p: Profile, tty: bool) -> anyhow::Result<Backup
         zstd_level: a.zstd_level.unwrap_or(p.zstd_level),
         excludes: a.excludes,
         file_index: !a.no_file_index,
+        encryption_key: source_mover::key::from_args(&a.encryption)?,
         streams: a.streams.unwrap_or(p.streams),
         state_dir,
         progress: tty || !a.json,
@@ -106,7 +107,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Restore(a) => {
             let c = client(&a.repo, None, 1)?;
             let m = resolve(&c, &a.backup, a.source.as_deref()).await?;
-            let r = restore(&c, &m, &a.disk, Some(&a.to), a.streams, tty).await?;
+            let key = source_mover::key::from_args(&a.encryption)?;
+            let r = restore_with(&c, &m, &a.disk, Some(&a.to), a.streams, tty, key).await?;
             if a.json {
                 print_json(&r)?;
             } else {
@@ -116,10 +118,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Verify(a) => {
             let c = client(&a.repo, None, 1)?;
             let m = resolve(&c, &a.backup, a.source.as_deref()).await?;
+            let key = source_mover::key::from_args(&a.encryption)?;
             for d in &m.disks {
+                let (n, k) = (d.name.as_str(), key.clone());
                 println!(
                     "{}",
-                    restore(&c, &m, d.name.as_str(), None, a.streams, tty).await?
+                    restore_with(&c, &m, n, None, a.streams, tty, k).await?
                 );
             }
         }
@@ -133,6 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", BackupTable(&list.backups));
         }
         Cmd::Files(f) => files_cmd(f).await?,
+        Cmd::Key(k) => println!("{}", source_mover::key::command(k)?),
         Cmd::Demo { dir } => source_mover::demo::demo(dir).await?,
     }
     Ok(())
@@ -147,8 +152,9 @@ async fn files_cmd(f: FilesCmd) -> anyhow::Result<()> {
             json,
         } => {
             let c = client(&at.repo, None, 1)?;
-            let l =
-                files::list(&c, &at.backup, at.source.as_deref(), &path, depth, &at.fs()).await?;
+            let key = source_mover::key::from_args(&at.encryption)?;
+            let (b, s) = (&at.backup, at.source.as_deref());
+            let l = files::list(&c, b, s, &path, depth, &at.fs(), key.as_ref()).await?;
             if json {
                 print_json(&l)?;
             } else {
@@ -162,12 +168,15 @@ async fn files_cmd(f: FilesCmd) -> anyhow::Result<()> {
         FilesCmd::Get { at, path, to } => {
             let c = client(&at.repo, None, 1)?;
             let (backup, source) = (&at.backup, at.source.as_deref());
-            let n = files::get_to(&c, backup, source, &path, &at.fs(), to.as_deref()).await?;
+            let key = source_mover::key::from_args(&at.encryption)?;
+            let (fs, out, k) = (at.fs(), to.as_deref(), key.as_ref());
+            let n = files::get_to(&c, backup, source, &path, &fs, out, k).await?;
             let written = to.map(|p| format!(" written to {}", p.display()));
             eprintln!("{path}: {n} bytes{}", written.unwrap_or_default());
         }
         FilesCmd::Search {
             repo,
+            encryption,
             name,
             path,
             source,
@@ -184,7 +193,8 @@ async fn files_cmd(f: FilesCmd) -> anyhow::Result<()> {
                 since,
                 until,
             };
-            let r = files::search(&c, &q, limit.max(1)).await?;
+            let key = source_mover::key::from_args(&encryption)?;
+            let r = files::search(&c, &q, limit.max(1), key.as_ref()).await?;
             if json {
                 print_json(&r)?;
             } else {

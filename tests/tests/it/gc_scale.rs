@@ -94,6 +94,8 @@ async fn gc_of_a_million_chunks_stays_under_256_mib() {
                 metadata: serde_json::Value::Null,
                 session: "planted".into(),
                 file_indexes: vec![],
+                encrypted: false,
+                encryption: None,
             };
             b.put_backup(&m, created).unwrap();
             b.add(counter::BACKUPS, 1);

@@ -29,6 +29,7 @@ fn opts(disk: &std::path::Path, state: &std::path::Path, streams: usize) -> Back
         state_dir: state.to_owned(),
         progress: false,
         file_index: true,
+        encryption_key: None,
     }
 }
 
