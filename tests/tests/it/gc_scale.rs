@@ -53,6 +53,7 @@ async fn gc_of_a_million_chunks_stays_under_256_mib() {
             stored_len: 16,
             touched_ms: 0,
             flags: 0,
+            sealed: None,
         };
         let mut b = cat.batch();
         for n in 0..live + garbage {

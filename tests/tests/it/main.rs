@@ -13,6 +13,7 @@ mod concurrency;
 mod console;
 mod crash;
 mod curl_errors;
+mod encryption;
 mod failpoints;
 mod gateway;
 mod gateway_fence;
