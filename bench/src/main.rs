@@ -5,6 +5,7 @@
 //!   [`project`] (this project's steps), [`peers`] (restic, borg), [`floor`] (read + hash +
 //!   compress, the least any tool does), [`measure`] (wall, CPU, RSS, bytes, medians),
 //!   [`report`] (the table).
+//! - [`encryption`]: `bench encryption`, the full backup with and without encryption at rest.
 //! - [`wan`]: `bench wan` (goodput through the WAN emulator) and `bench wan-proxy`.
 //! - [`catalog`]: `bench catalog`, the guest file catalog at scale.
 //! - [`share`]: `bench share`, chunk ingest into a Samba share through the gateway's store.
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand};
 
 mod catalog;
 mod compare;
+mod encryption;
 mod export;
 mod floor;
 mod measure;
@@ -53,6 +55,22 @@ enum Cmd {
         #[arg(long)]
         runs: Option<usize>,
         /// Scratch directory for repositories and restores.
+        #[arg(long)]
+        work: Option<PathBuf>,
+    },
+    /// The cost of encryption at rest: the full backup of disk.raw with and without
+    /// --encryption-key (wall, CPU), runs alternating.
+    Encryption {
+        /// Directory with disk.raw (built here with --quick if absent).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Small dataset built by the bench itself, one run each: for CI.
+        #[arg(long)]
+        quick: bool,
+        /// Runs per figure (median); default 5, 1 with --quick.
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Scratch directory for repositories.
         #[arg(long)]
         work: Option<PathBuf>,
     },
@@ -157,6 +175,12 @@ fn main() -> Result<()> {
             runs,
             work,
         } => compare::run(&dataset, quick, runs, work),
+        Cmd::Encryption {
+            dataset,
+            quick,
+            runs,
+            work,
+        } => encryption::run(&dataset, quick, runs, work),
         Cmd::Wan { mib, rate, rtts } => wan::goodput(mib, rate, &rtts),
         Cmd::Nbd {
             dataset,
