@@ -90,16 +90,8 @@ pub async fn backup(client: &RepoClient, opts: &BackupOptions) -> Result<BackupR
     let (starts, total) = resume_points(&session, &inputs, &work);
     let progress = Progress::start(total, opts.progress);
     let mut stages = Stages::start(&inputs, work.clone(), starts, progress.clone());
-    let index_job = crate::guest_files::index_and_upload(
-        client,
-        session.id,
-        &inputs.names,
-        inputs.disks.clone(),
-        inputs.plans.clone(),
-        opts.file_index,
-        opts.zstd_level,
-        opts.encryption_key.clone(),
-    );
+    let index_job =
+        crate::guest_files::index_and_upload(client, session.id, &inputs, opts.file_index);
     let data = pipeline::coordinate(
         &mut stages.rx,
         &mut session,

@@ -1,7 +1,7 @@
 //! The guest file catalog from the command line (`source-mover files ls|get|search`): the same
 //! answers as `GET /v1/backups/{id}/files`, `.../files/content` and `GET /v1/search`, with
 //! `latest` resolved, search pages followed, and listings printed like `ls -l`. An encrypted
-//! backup's catalog is sealed: with its key these answer from [`crate::sealed_files`] instead.
+//! backup's catalog is sealed: with its key these answer from [`sealed`] instead.
 
 use std::fmt;
 use std::path::Path;
@@ -16,7 +16,8 @@ use crate::client::RepoClient;
 use crate::error::{Error, Result};
 use crate::key::MasterKey;
 use crate::restore::resolve;
-use crate::sealed_files;
+
+pub mod sealed;
 
 /// Which file system of a backup: by default the first indexed one of the first indexed disk.
 #[derive(Debug, Clone, Default)]
@@ -57,8 +58,8 @@ pub async fn list(
     if m.key_id().is_some() {
         crate::restore::check_key(&m, key.map(|k| &**k))?;
         if let Some(k) = key {
-            let all = sealed_files::load(client, &m, k).await?;
-            return sealed_files::list(&m, &all, fs, path, depth);
+            let all = sealed::load(client, &m, k).await?;
+            return sealed::list(&m, &all, fs, path, depth);
         }
     }
     client.files(&m.id, path, depth, &fs.query()).await
@@ -81,8 +82,8 @@ pub async fn get(
     if m.key_id().is_some() {
         crate::restore::check_key(&m, key.map(|k| &**k))?;
         if let Some(k) = key {
-            let all = sealed_files::load(client, &m, k).await?;
-            return sealed_files::get(client, &m, &all, fs, path, k, out).await;
+            let all = sealed::load(client, &m, k).await?;
+            return sealed::get(client, &m, &all, fs, path, k, out).await;
         }
     }
     client.file_content(&m.id, path, &fs.query(), out).await
@@ -147,7 +148,7 @@ pub struct Search {
 }
 
 /// Searches, following pages until `max` results; newest backup first. With a key, searches
-/// the encrypted backups of that key instead, through the mover ([`sealed_files::search`]).
+/// the encrypted backups of that key instead, through the mover ([`sealed::search`]).
 ///
 /// # Errors
 /// A malformed query (400), or repository errors.
@@ -158,7 +159,7 @@ pub async fn search(
     key: Option<&Arc<MasterKey>>,
 ) -> Result<SearchResults> {
     if let Some(k) = key {
-        return sealed_files::search(client, k, s, max).await;
+        return sealed::search(client, k, s, max).await;
     }
     let mut q = format!("name={}", encode(&s.name));
     for (k, v) in [

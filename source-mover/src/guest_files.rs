@@ -18,8 +18,8 @@ use schema::{ChunkId, SessionId};
 use crate::client::RepoClient;
 use crate::error::{blocking, Error, Result};
 use crate::key::MasterKey;
-use crate::plan::{self, DiskPlan, FileIndexes};
-use crate::source::BlockSource;
+use crate::pipeline::Inputs;
+use crate::plan::{self, FileIndexes};
 
 /// What the file index job produced.
 #[derive(Debug, Clone, Default)]
@@ -47,20 +47,19 @@ struct Encoded {
 const PIECE: usize = 1 << 20;
 
 /// Walks every disk (unless `wanted` is off: then nothing is indexed) and uploads the indexes
-/// into `session`. The walk, the encoding and the compression run on the blocking pool.
+/// into `session`, with the disks, plans, zstd level and key of `inputs`. The walk, the encoding
+/// and the compression run on the blocking pool.
 ///
 /// # Errors
 /// Walk errors (on the disks), repository errors.
 pub async fn index_and_upload(
     client: &RepoClient,
     session: SessionId,
-    names: &[String],
-    disks: Arc<Vec<Arc<dyn BlockSource>>>,
-    plans: Arc<Vec<DiskPlan>>,
+    inputs: &Inputs,
     wanted: bool,
-    level: i32,
-    key: Option<Arc<MasterKey>>,
 ) -> Result<Indexed> {
+    let (names, level, key) = (&inputs.names[..], inputs.level, inputs.key.clone());
+    let (disks, plans) = (inputs.disks.clone(), inputs.plans.clone());
     let (encoded, walk_seconds) = blocking("the file index walk", move || {
         let mut out = Vec::new();
         let mut seconds = 0.0;

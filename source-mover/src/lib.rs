@@ -23,10 +23,11 @@
 //!   [`report`] (what a job did, with `Display` for the command line).
 //! - [`journal`]: what makes an interrupted backup resumable.
 //! - [`key`]: the master key of encrypted backups (key files, derived keys, the paper key);
-//!   [`seal`]: sealing and opening the chunks of encrypted backups.
+//!   [`seal`]: sealing and opening the chunks of encrypted backups; [`keys`]: the
+//!   `source-mover key` commands.
 //! - [`restore`]: restore and verify.
 //! - [`files`]: the guest file catalog from the command line (`files ls|get|search`);
-//!   [`sealed_files`]: the same for encrypted backups, whose index only the mover can open.
+//!   [`files::sealed`]: the same for encrypted backups, whose index only the mover can open.
 //! - [`cli`]: the command-line grammar; [`profile`]: the `lan`/`wan` presets.
 //! - [`progress`]: progress on stderr.
 //! - [`demo`]: the end-to-end demonstration behind `source-mover demo`.
@@ -43,6 +44,7 @@ pub mod guest;
 pub mod guest_files;
 pub mod journal;
 pub mod key;
+pub mod keys;
 pub mod nbd;
 pub mod options;
 pub mod pipeline;
@@ -53,7 +55,6 @@ pub mod ranges;
 pub mod report;
 pub mod restore;
 pub mod seal;
-pub mod sealed_files;
 pub mod session;
 pub mod source;
 pub mod tls;

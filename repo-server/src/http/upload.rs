@@ -69,7 +69,7 @@ impl FromRequest<AppState> for ChunkUpload {
                         format!("a sealed chunk needs the {name} header (blake3 of the body, 64 lowercase hex digits)"),
                     )
                 })?;
-                let stored = schema::sealed::parse_digest(&v).ok_or_else(|| {
+                let stored = schema::sealed::parse_digest(v).ok_or_else(|| {
                     Error::new(
                         ErrorCode::BadRequest,
                         format!("{name} {v:?} is not 64 lowercase hex digits"),

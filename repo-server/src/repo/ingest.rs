@@ -136,7 +136,7 @@ impl Repository {
             // A verified plain upload replaces a sealed copy of the same id (which could not be
             // verified; honest ids of the two kinds never meet); the other way round the sealed
             // upload is taken as a duplicate, so the answer says nothing of what is stored.
-            Some(m) if !m.is_bad() && !(m.sealed.is_some() && sealed.is_none()) => {
+            Some(m) if !(m.is_bad() || (m.sealed.is_some() && sealed.is_none())) => {
                 let owned = self.catalog.owned(&r.tenant, &[*id])?[0];
                 self.metrics.chunks_deduplicated.inc();
                 (

@@ -77,7 +77,7 @@ fn backup_options(a: BackupArgs, p: Profile, tty: bool) -> anyhow::Result<Backup
         zstd_level: a.zstd_level.unwrap_or(p.zstd_level),
         excludes: a.excludes,
         file_index: !a.no_file_index,
-        encryption_key: source_mover::key::from_args(&a.encryption)?,
+        encryption_key: source_mover::keys::from_args(&a.encryption)?,
         streams: a.streams.unwrap_or(p.streams),
         state_dir,
         progress: tty || !a.json,
@@ -89,6 +89,15 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A report as JSON or as text.
+fn report(json: bool, r: &(impl serde::Serialize + std::fmt::Display)) -> anyhow::Result<()> {
+    if json {
+        return print_json(r);
+    }
+    println!("{r}");
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.cmd {
@@ -97,34 +106,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let connections = a.connections.unwrap_or(p.connections);
             let c = client(&a.repo, a.limit_rate, connections)?;
             let json = a.json;
-            let r = backup(&c, &backup_options(a, p, tty)?).await?;
-            if json {
-                print_json(&r)?;
-            } else {
-                println!("{r}");
-            }
+            report(json, &backup(&c, &backup_options(a, p, tty)?).await?)?;
         }
         Cmd::Restore(a) => {
             let c = client(&a.repo, None, 1)?;
             let m = resolve(&c, &a.backup, a.source.as_deref()).await?;
-            let key = source_mover::key::from_args(&a.encryption)?;
+            let key = source_mover::keys::from_args(&a.encryption)?;
             let r = restore_with(&c, &m, &a.disk, Some(&a.to), a.streams, tty, key).await?;
-            if a.json {
-                print_json(&r)?;
-            } else {
-                println!("{r}");
-            }
+            report(a.json, &r)?;
         }
         Cmd::Verify(a) => {
             let c = client(&a.repo, None, 1)?;
             let m = resolve(&c, &a.backup, a.source.as_deref()).await?;
-            let key = source_mover::key::from_args(&a.encryption)?;
+            let key = source_mover::keys::from_args(&a.encryption)?;
             for d in &m.disks {
                 let (n, k) = (d.name.as_str(), key.clone());
-                println!(
-                    "{}",
-                    restore_with(&c, &m, n, None, a.streams, tty, k).await?
-                );
+                let r = restore_with(&c, &m, n, None, a.streams, tty, k).await?;
+                println!("{r}");
             }
         }
         Cmd::List(a) => {
@@ -137,7 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", BackupTable(&list.backups));
         }
         Cmd::Files(f) => files_cmd(f).await?,
-        Cmd::Key(k) => println!("{}", source_mover::key::command(k)?),
+        Cmd::Key(k) => println!("{}", source_mover::keys::command(k)?),
         Cmd::Demo { dir } => source_mover::demo::demo(dir).await?,
     }
     Ok(())
@@ -152,7 +150,7 @@ async fn files_cmd(f: FilesCmd) -> anyhow::Result<()> {
             json,
         } => {
             let c = client(&at.repo, None, 1)?;
-            let key = source_mover::key::from_args(&at.encryption)?;
+            let key = source_mover::keys::from_args(&at.encryption)?;
             let (b, s) = (&at.backup, at.source.as_deref());
             let l = files::list(&c, b, s, &path, depth, &at.fs(), key.as_ref()).await?;
             if json {
@@ -168,7 +166,7 @@ async fn files_cmd(f: FilesCmd) -> anyhow::Result<()> {
         FilesCmd::Get { at, path, to } => {
             let c = client(&at.repo, None, 1)?;
             let (backup, source) = (&at.backup, at.source.as_deref());
-            let key = source_mover::key::from_args(&at.encryption)?;
+            let key = source_mover::keys::from_args(&at.encryption)?;
             let (fs, out, k) = (at.fs(), to.as_deref(), key.as_ref());
             let n = files::get_to(&c, backup, source, &path, &fs, out, k).await?;
             let written = to.map(|p| format!(" written to {}", p.display()));
@@ -193,7 +191,7 @@ async fn files_cmd(f: FilesCmd) -> anyhow::Result<()> {
                 since,
                 until,
             };
-            let key = source_mover::key::from_args(&encryption)?;
+            let key = source_mover::keys::from_args(&encryption)?;
             let r = files::search(&c, &q, limit.max(1), key.as_ref()).await?;
             if json {
                 print_json(&r)?;

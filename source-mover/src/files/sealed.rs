@@ -11,9 +11,9 @@ use schema::api::{FileListing, ListedFile, Manifest, SearchHit, SearchResults};
 use schema::files::{self, FileEntry, FileKind};
 use schema::ChunkId;
 
+use super::{FileSystem, Search};
 use crate::client::RepoClient;
 use crate::error::{blocking, Error, Result};
-use crate::files::{FileSystem, Search};
 use crate::guest_files::SealedIndex;
 use crate::key::MasterKey;
 
