@@ -176,6 +176,7 @@ pub struct CommitRequest {
 
 /// How a backup is encrypted: which key, and where its sealed guest file index is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Encryption {
     /// The master key's public id (16 hex digits).
@@ -188,6 +189,7 @@ pub struct Encryption {
 /// A blob stored as sealed chunks of the session: the concatenation of their plaintexts is
 /// `bytes` bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SealedBlob {
     /// Plaintext length.
@@ -632,6 +634,8 @@ pub struct Identity {
     pub tenant: String,
     /// Its role.
     pub role: TokenRole,
+}
+
 /// `POST /v1/backups/{id}/disks/{name}/exports` body (optional): how long the export lives.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
