@@ -10,10 +10,12 @@
 #   chromium, chromium-driver, python3-venv   the console's browser tests drive a real headless Chromium over WebDriver
 #                      (Python selenium, pinned, in a venv under the cargo target directory: see the end)
 #   qemu-utils, libnbd-bin   the NBD tests and bench: qemu-img, qemu-io, qemu-nbd, qemu-storage-daemon; nbdinfo, nbdcopy (and instant recovery's clients)
+#   ntfs-3g, ntfs-3g-dev, gcc  mkntfs, ntfscp, ntfscat, ntfsls, ntfsinfo, ntfscluster, ntfsfix: the NTFS tests build
+#                  and check real NTFS images; the tests compile a small libntfs-3g helper to make directories
 set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-for p in libclang-dev zstd b3sum curl jq e2fsprogs fdisk util-linux bc time samba smbclient chromium chromium-driver python3-venv qemu-utils libnbd-bin; do have "$p" || need+=("$p"); done
+for p in libclang-dev zstd b3sum curl jq e2fsprogs fdisk util-linux bc time samba smbclient chromium chromium-driver python3-venv qemu-utils libnbd-bin ntfs-3g ntfs-3g-dev gcc; do have "$p" || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -12,6 +12,9 @@
 //!   partition is read in full;
 //! - `free`: blocks a file system's allocation bitmaps mark free (ext2/3/4: both the replayed
 //!   and the on-disk bitmap, of bitmaps whose checksums hold);
+//! - `pagefile`: data clusters of a Windows guest's `\pagefile.sys`, `\swapfile.sys` and
+//!   `\hiberfil.sys` that no other MFT record names ([`crate::guest::ntfs`]; NTFS free clusters
+//!   count as `free`);
 //! - `excluded`: data blocks of guest files matching an `--exclude` glob, where the bitmap marks
 //!   them in use and they are neither file-system metadata nor blocks of other inodes the walk
 //!   saw (a forged or cross-linked extent drops nothing it should not); none at all while a
@@ -40,7 +43,8 @@ pub struct DiskPlan {
     pub size: u64,
     /// Bytes to read.
     pub read: Ranges,
-    /// Bytes not read, by reason (`swap`, `free`, `excluded`, `hole`; every key present);
+    /// Bytes not read, by reason (`swap`, `free`, `pagefile`, `excluded`, `hole`; every key
+    /// present);
     /// disjoint.
     pub dropped: BTreeMap<&'static str, Ranges>,
     /// One line per partition or file system found, for the summary.

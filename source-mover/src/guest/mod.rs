@@ -15,13 +15,14 @@
 //! A partition no probe recognises is read in full. Every probe keeps the one rule: a doubt
 //! reads more, never less (metadata that fails a checksum never drops a block).
 //!
-//! Adding a file system (NTFS next) is one module here that implements [`Probe`] and [`Guest`]
+//! Adding a file system (as [`ntfs`] was, after [`ext4`]) is one module here that implements [`Probe`] and [`Guest`]
 //! (and [`FileTree`] when it has files to index), and one line in [`probes::PROBES`]; nothing
 //! else knows about any file system. The order of [`probes::PROBES`] matters only for a
 //! partition that two probes would both claim: the first one wins.
 
 pub mod ext4;
 pub mod glob;
+pub mod ntfs;
 pub mod partition;
 pub mod probes;
 pub mod swap;
@@ -41,19 +42,28 @@ pub enum Reason {
     Swap,
     /// Blocks the file system's allocation bitmaps mark free.
     Free,
+    /// Data clusters of a Windows guest's `\pagefile.sys`, `\swapfile.sys` and
+    /// `\hiberfil.sys` (their MFT records are kept: restored, they read as zeros).
+    Pagefile,
     /// Data blocks of guest files matching an `--exclude` glob.
     Excluded,
 }
 
 impl Reason {
     /// Every reason, in precedence order.
-    pub const ALL: [Reason; 3] = [Reason::Swap, Reason::Free, Reason::Excluded];
+    pub const ALL: [Reason; 4] = [
+        Reason::Swap,
+        Reason::Free,
+        Reason::Pagefile,
+        Reason::Excluded,
+    ];
 
     /// The name in reports and manifests (`skipped_bytes`).
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Swap => "swap",
             Reason::Free => "free",
+            Reason::Pagefile => "pagefile",
             Reason::Excluded => "excluded",
         }
     }
