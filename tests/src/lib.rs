@@ -8,7 +8,8 @@
 //! - [`contract`]: the served OpenAPI document as an oracle: a [`Client`] made
 //!   [`Client::checked`] checks every answer's status, media type and JSON body against it.
 //! - [`backup`]: a minimal mover used to drive whole sessions.
-//! - [`images`]: disk images made with real tools. [`jobs`]: GC and verify to completion.
+//! - [`images`]: disk images made with real tools ([`ntfs`]: NTFS ones, through ntfs-3g). [`jobs`]:
+//!   GC and verify to completion.
 //! - [`wan`]: the WAN emulator (delay, bandwidth, cuts), for the WAN tests and `bench wan`.
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
@@ -19,6 +20,7 @@ pub mod contract;
 pub mod images;
 pub mod jobs;
 pub mod mover;
+pub mod ntfs;
 pub mod server;
 pub mod wan;
 

@@ -27,6 +27,7 @@ mod metadata_checksums;
 mod mover;
 mod nbd;
 mod nbd_export;
+mod ntfs;
 mod openapi;
 mod protocol;
 mod retention;
