@@ -97,7 +97,9 @@ pub fn run(ds: &Path, work: &Path) -> Result<(Vec<Step>, f64)> {
     Ok((steps, server_rss))
 }
 
-/// The restored day-2 image equals disk2.raw except where the mover dropped bytes (zeros there).
+/// The restored day-2 image equals disk2.raw except where the mover dropped bytes: zeros
+/// there, or, in a block the CBT list leaves unchanged, the base's bytes (disk.raw) it inherits
+/// (a cluster a file gave up on day 2 is free then, yet still holds its day-1 bytes).
 fn verify_restore(ds: &Path, restored: &Path) -> Result<()> {
     let disk = source_mover::source::FileSource::open(&ds.join("disk2.raw"))?;
     let plan = source_mover::plan::plan(&disk, &[])?;
@@ -106,20 +108,35 @@ fn verify_restore(ds: &Path, restored: &Path) -> Result<()> {
         .iter()
         .filter(|(k, _)| **k != "hole")
         .fold(source_mover::ranges::Ranges::new(), |a, (_, r)| a.union(r));
-    let (a, b) = (
+    let (a, b, base) = (
         std::fs::File::open(ds.join("disk2.raw"))?,
         std::fs::File::open(restored)?,
+        std::fs::File::open(ds.join("disk.raw"))?,
     );
     let bs = 1u64 << 20;
-    let (mut x, mut y) = (vec![0u8; bs as usize], vec![0u8; bs as usize]);
+    let (mut x, mut y, mut z) = (
+        vec![0u8; bs as usize],
+        vec![0u8; bs as usize],
+        vec![0u8; bs as usize],
+    );
     use std::os::unix::fs::FileExt;
     let mut off = 0;
     while off < plan.size {
         let n = bs.min(plan.size - off) as usize;
         a.read_exact_at(&mut x[..n], off)?;
         b.read_exact_at(&mut y[..n], off)?;
+        let mut base_read = false;
         for (s, e) in dropped.clip(off, off + n as u64) {
-            x[(s - off) as usize..(e - off) as usize].fill(0);
+            let (s, e) = ((s - off) as usize, (e - off) as usize);
+            if y[s..e].iter().all(|&v| v == 0) {
+                x[s..e].fill(0);
+                continue;
+            }
+            if !base_read {
+                base.read_exact_at(&mut z[..n], off)?;
+                base_read = true;
+            }
+            x[s..e].copy_from_slice(&z[s..e]);
         }
         if x[..n] != y[..n] {
             bail!("restored image differs from disk2.raw near offset {off}");
