@@ -185,29 +185,53 @@ pub fn build_ntfs(dir: &Path, name: &str, table: Table, cluster: u64, mib: u64) 
     for i in 0..12 {
         put(
             &format!("/Windows/System32/config-{i}.ini"),
-            format!("[section{i}]\r\nkey={i}\r\n").repeat(1 + i * 3).into_bytes(),
+            format!("[section{i}]\r\nkey={i}\r\n")
+                .repeat(1 + i * 3)
+                .into_bytes(),
         );
     }
     // Text files of a few KiB, and names in several scripts.
     for i in 0..20 {
         put(
             &format!("/Users/Zoë/Documents/note-{i}.txt"),
-            format!("note {i}: the quick brown fox\r\n").repeat(40 + i * 30).into_bytes(),
+            format!("note {i}: the quick brown fox\r\n")
+                .repeat(40 + i * 30)
+                .into_bytes(),
         );
     }
-    put("/Users/Zoë/Documents/日本語.txt", "こんにちは\r\n".repeat(500).into_bytes());
+    put(
+        "/Users/Zoë/Documents/日本語.txt",
+        "こんにちは\r\n".repeat(500).into_bytes(),
+    );
     put("/Program Files/Ωmega App/Ωmega.dll", noise(300_000, 7));
-    put("/Program Files/Ωmega App/readme.TXT", b"read me\r\n".repeat(100));
+    put(
+        "/Program Files/Ωmega App/readme.TXT",
+        b"read me\r\n".repeat(100),
+    );
     // The page and hibernation files.
-    let pagefiles = vec![("/pagefile.sys".to_string(), 6 * MIB), ("/hiberfil.sys".to_string(), 4 * MIB)];
+    let pagefiles = vec![
+        ("/pagefile.sys".to_string(), 6 * MIB),
+        ("/hiberfil.sys".to_string(), 4 * MIB),
+    ];
     for (i, (p, n)) in pagefiles.iter().enumerate() {
         ntfscp(&part_img, p, &noise(*n as usize, 100 + i as u64), &scratch);
     }
     // The excluded directory.
-    put("/Users/Zoë/AppData/Local/Temp/cache-1.bin", noise(2 * MIB as usize, 20));
-    put("/Users/Zoë/AppData/Local/Temp/cache-2.bin", noise(MIB as usize, 21));
+    put(
+        "/Users/Zoë/AppData/Local/Temp/cache-1.bin",
+        noise(2 * MIB as usize, 20),
+    );
+    put(
+        "/Users/Zoë/AppData/Local/Temp/cache-2.bin",
+        noise(MIB as usize, 21),
+    );
     // A deleted file: its clusters are free, its bytes still there.
-    ntfscp(&part_img, "/Users/Zoë/deleted.bin", &noise(2 * MIB as usize, 30), &scratch);
+    ntfscp(
+        &part_img,
+        "/Users/Zoë/deleted.bin",
+        &noise(2 * MIB as usize, 30),
+        &scratch,
+    );
     helper_run(&part_img, &["rm", "/Users/Zoë/deleted.bin"]);
     // Two large files, each written 64 KiB at a time from its end back, in turn with a pad
     // file that is deleted afterwards: both fragmented, the pads' clusters free and stale.
@@ -260,7 +284,10 @@ pub fn build_ntfs(dir: &Path, name: &str, table: Table, cluster: u64, mib: u64) 
     };
     let parts = sfdisk(
         &path,
-        &format!("label: {label}\nstart=2048, size={}, type={ty}\n", mib * 2048),
+        &format!(
+            "label: {label}\nstart=2048, size={}, type={ty}\n",
+            mib * 2048
+        ),
     );
     let p = &parts[0];
     let part = (

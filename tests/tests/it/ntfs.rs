@@ -129,7 +129,8 @@ async fn full_and_cbt_incremental_restore_mbr_4k_and_gpt_64k() {
         for d in ["free", "pagefile", "excluded"] {
             let r = &plan.dropped[d];
             assert!(
-                r.subtract(&Ranges::single(img.part.0, img.part.0 + img.part.1)).is_empty(),
+                r.subtract(&Ranges::single(img.part.0, img.part.0 + img.part.1))
+                    .is_empty(),
                 "{d} inside the partition"
             );
         }
@@ -295,8 +296,7 @@ fn fuzzed_boot_sector_mft_records_and_bitmap_never_panic_nor_drop_more() {
     let rs = v.boot.record;
     let mft = v.map(&v.mft_runs, 0).expect("record 0");
     targets.push(("MFT records".into(), img.part.0 + mft, 64 * rs));
-    let source_mover::guest::ntfs::volume::Slot::Record(bm) = v.record(6).ok().expect("record 6")
-    else {
+    let source_mover::guest::ntfs::volume::Slot::Record(bm) = v.record(6).expect("record 6") else {
         panic!("$Bitmap's record")
     };
     let runs = match &bm.unnamed(0x80).expect("$DATA").body {
@@ -304,7 +304,11 @@ fn fuzzed_boot_sector_mft_records_and_bitmap_never_panic_nor_drop_more() {
         other => panic!("{other:?}"),
     };
     let at = v.map(&runs, 0).expect("$Bitmap's first cluster");
-    targets.push(("$Bitmap".into(), img.part.0 + at, v.boot.clusters.div_ceil(8)));
+    targets.push((
+        "$Bitmap".into(),
+        img.part.0 + at,
+        v.boot.clusters.div_ceil(8),
+    ));
     let mut cases = 0;
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = || {
@@ -377,7 +381,10 @@ async fn catalog_lists_and_serves_what_ntfsls_and_ntfscat_do() {
     let mut o = opts("win-vm", &img.path, &dir.path().join("state"));
     o.excludes = vec![("disk0".into(), EXCLUDE.into())];
     let r = backup(&mc, &o).await.expect("backup");
-    assert!(r.files_indexed as usize >= img.files.len() + img.dirs.len(), "{r:?}");
+    assert!(
+        r.files_indexed as usize >= img.files.len() + img.dirs.len(),
+        "{r:?}"
+    );
     let mut dirs = vec!["/".to_string()];
     let mut served = 0;
     while let Some(p) = dirs.pop() {
@@ -386,7 +393,11 @@ async fn catalog_lists_and_serves_what_ntfsls_and_ntfscat_do() {
         let got: BTreeMap<String, u64> = entries
             .iter()
             .map(|e| {
-                let size = if e["kind"] == "dir" { 0 } else { e["size"].as_u64().expect("size") };
+                let size = if e["kind"] == "dir" {
+                    0
+                } else {
+                    e["size"].as_u64().expect("size")
+                };
                 (e["name"].as_str().expect("name").to_string(), size)
             })
             .collect();
@@ -412,14 +423,20 @@ async fn catalog_lists_and_serves_what_ntfsls_and_ntfscat_do() {
             if img.pagefiles.iter().any(|(pf, _)| *pf == path) {
                 assert!(resp.body.iter().all(|&b| b == 0), "{path} reads zeros");
             } else {
-                assert!(resp.body[..] == ntfscat(&part, &path)[..], "{path} differs from ntfscat");
+                assert!(
+                    resp.body[..] == ntfscat(&part, &path)[..],
+                    "{path} differs from ntfscat"
+                );
             }
             served += 1;
         }
     }
     assert!(served >= img.files.len() - 2, "{served} files served");
     // Search finds names in any script.
-    let s = c.get("/v1/search?name=*.txt&source=win-vm&limit=1000").await.json();
+    let s = c
+        .get("/v1/search?name=*.txt&source=win-vm&limit=1000")
+        .await
+        .json();
     let mut hits: Vec<&str> = s["results"]
         .as_array()
         .expect("results")

@@ -224,7 +224,7 @@ fn signed(b: &[u8]) -> i64 {
 /// `magic`, in place: `false` when the magic, the array or any sector's check bytes are wrong
 /// (the buffer is then not to be trusted).
 pub fn fixup(buf: &mut [u8], magic: &[u8; 4]) -> bool {
-    if buf.len() < FIXUP_STRIDE || buf.len() % FIXUP_STRIDE != 0 || &buf[..4] != magic {
+    if buf.len() < FIXUP_STRIDE || !buf.len().is_multiple_of(FIXUP_STRIDE) || &buf[..4] != magic {
         return false;
     }
     let (Some(ofs), Some(count)) = (le16(buf, 4), le16(buf, 6)) else {
@@ -232,7 +232,7 @@ pub fn fixup(buf: &mut [u8], magic: &[u8; 4]) -> bool {
     };
     let (ofs, count) = (usize::from(ofs), usize::from(count));
     if count != buf.len() / FIXUP_STRIDE + 1
-        || ofs % 2 != 0
+        || !ofs.is_multiple_of(2)
         || ofs < 8
         || ofs + 2 * count > buf.len()
     {
@@ -350,7 +350,7 @@ impl Record {
                 break;
             }
             let len = le32(&raw, at + 4).unwrap_or(0) as usize;
-            if len < 0x18 || len % 8 != 0 || at + len > used {
+            if len < 0x18 || !len.is_multiple_of(8) || at + len > used {
                 return Slot::Bad(format!("attribute {ty:#x} out of bounds"));
             }
             let a = &raw[at..at + len];
@@ -503,7 +503,7 @@ impl<'a> Volume<'a> {
         if runs.iter().any(|r| r.lcn.is_none())
             || data_size == 0
             || data_size > mapped * v.boot.cluster
-            || data_size % v.boot.record != 0
+            || !data_size.is_multiple_of(v.boot.record)
         {
             return bad("$MFT's data runs do not cover its size");
         }
@@ -750,13 +750,19 @@ mod tests {
     #[test]
     fn boot_sectors_are_checked_and_fuzzed_ones_never_panic() {
         let len = 64 << 20;
-        let boot = Boot::parse(&boot_sector(), len).ok().flatten().expect("sane");
+        let boot = Boot::parse(&boot_sector(), len)
+            .ok()
+            .flatten()
+            .expect("sane");
         assert_eq!(
             (boot.cluster, boot.clusters, boot.mft_lcn, boot.record),
             (4096, 16383, 4, 1024)
         );
         // Too large for the partition, a zero cluster code, not NTFS.
-        assert!(matches!(Boot::parse(&boot_sector(), len / 2), Err(Fault::Bad(_))));
+        assert!(matches!(
+            Boot::parse(&boot_sector(), len / 2),
+            Err(Fault::Bad(_))
+        ));
         let mut b = boot_sector();
         b[0x0D] = 0;
         assert!(matches!(Boot::parse(&b, len), Err(Fault::Bad(_))));
