@@ -150,6 +150,7 @@ fn expect(r: &tests::Resp, status: StatusCode, code: &str) {
 async fn every_route_answers_success_and_errors_as_documented() {
     let srv = TestServer::start_with(|c| {
         c.retention.min_age = Some(std::time::Duration::from_secs(3600));
+        c.nbd.listen = Some("127.0.0.1:0".parse().expect("an address"));
     })
     .await;
     let contract = contract(&srv).await;
@@ -193,6 +194,28 @@ async fn every_route_answers_success_and_errors_as_documented() {
         }],
     )
     .await;
+
+    // NBD exports: create (and a ttl over the limit), end, end again (gone: 404).
+    let exports = format!("/v1/backups/{full}/disks/d0/exports");
+    let created = a.json(Method::POST, &exports, &json!({})).await;
+    expect(&created, S::CREATED, "");
+    expect(
+        &a.json(Method::POST, &exports, &json!({"ttl_s": 0})).await,
+        S::UNPROCESSABLE_ENTITY,
+        "INVALID_BODY",
+    );
+    let name = created.json()["name"].as_str().expect("a name").to_owned();
+    let one = format!("{exports}/{name}");
+    expect(
+        &a.send(Method::DELETE, &one, &[], Vec::new()).await,
+        S::NO_CONTENT,
+        "",
+    );
+    expect(
+        &a.send(Method::DELETE, &one, &[], Vec::new()).await,
+        S::NOT_FOUND,
+        "NOT_FOUND",
+    );
 
     // Sessions: 200 on an identical create, state, abort, and their errors.
     let s = new_session();
