@@ -496,6 +496,7 @@ pub const OPERATIONS: &[Operation] = &[
             E::UnsupportedType,
             E::InvalidBody,
             E::ExportsDisabled,
+            E::Encrypted,
             E::Unavailable,
         ],
     },

@@ -125,7 +125,7 @@ impl Repository {
     ///
     /// # Errors
     /// 404 for a backup or disk the caller may not see, 409 `EXPORTS_DISABLED` without an NBD
-    /// server, 422 for a ttl of 0 or over the limit, 503 when `[nbd] max_exports` are live.
+    /// server, 409 `ENCRYPTED` for an encrypted backup, 422 for a ttl of 0 or over the limit, 503 when `[nbd] max_exports` are live.
     pub fn create_export(
         &self,
         caller: &Caller,
@@ -154,7 +154,8 @@ impl Repository {
             ));
         }
         let tenant = self.manifest(caller, id)?.tenant;
-        let image = self.disk_image(caller, id, disk)?;
+        // An encrypted backup's chunks are sealed: the repository cannot serve their bytes.
+        let image = self.plain_image(caller, id, disk)?;
         let name = random_name()?;
         let now = self.now();
         let mut t = self.exports.lock();

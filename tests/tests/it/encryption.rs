@@ -369,7 +369,7 @@ async fn wrong_passphrase_wrong_key_and_missing_key_fail_before_anything_is_writ
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let img = image(d);
-    let srv = TestServer::start().await;
+    let srv = TestServer::start_with(|c| c.nbd.listen = Some("127.0.0.1:0".parse().unwrap())).await;
     let c = client(&srv.url());
     let k = key();
     let file = d.join("backup.key");
@@ -408,6 +408,18 @@ async fn wrong_passphrase_wrong_key_and_missing_key_fail_before_anything_is_writ
     let reader = Client::h2(&srv.url(), Some(BACKUP_A));
     let r = reader
         .get(&format!("/v1/backups/{}/disks/disk0/image", full.backup_id))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "ENCRYPTED".to_string())
+    );
+    // Nor serve it as an NBD export.
+    let r = reader
+        .json(
+            http::Method::POST,
+            &format!("/v1/backups/{}/disks/disk0/exports", full.backup_id),
+            &serde_json::json!({}),
+        )
         .await;
     assert_eq!(
         (r.status, r.code()),
