@@ -406,6 +406,23 @@ pub struct ListedFile {
     pub excluded: bool,
 }
 
+impl From<&crate::files::FileEntry> for ListedFile {
+    /// An index entry as listings show it: mode in octal, mtime in RFC 3339.
+    fn from(e: &crate::files::FileEntry) -> ListedFile {
+        ListedFile {
+            path: e.path.clone(),
+            name: e.name().to_owned(),
+            kind: e.kind,
+            size: e.size,
+            mode: format!("{:o}", e.mode),
+            uid: e.uid,
+            gid: e.gid,
+            mtime: crate::time::rfc3339(e.mtime * 1000),
+            excluded: e.excluded,
+        }
+    }
+}
+
 /// A guest directory listing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

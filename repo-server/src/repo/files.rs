@@ -295,7 +295,7 @@ impl Repository {
                 .file(id.as_str(), r.disk.as_str(), r.partition, &path)?
                 .ok_or_else(|| Error::not_found(format!("{path} in backup {id}")))?;
             if e.kind != FileKind::Dir || depth == 0 {
-                return Ok(listing(&m, r, &path, vec![entry_json(&e)], false));
+                return Ok(listing(&m, r, &path, vec![ListedFile::from(&e)], false));
             }
         }
         let mut queue = std::collections::VecDeque::from([(path.clone(), 1u32)]);
@@ -308,7 +308,7 @@ impl Repository {
                     if e.kind == FileKind::Dir && level < depth {
                         queue.push_back((e.path.clone(), level + 1));
                     }
-                    entries.push(entry_json(&e));
+                    entries.push(ListedFile::from(&e));
                     Ok(())
                 })?;
             if more || (entries.len() == limit && !queue.is_empty()) {
@@ -547,20 +547,6 @@ fn check_extents(e: &FileEntry, disk_size: u64) -> std::result::Result<(), Strin
         }
     }
     Ok(())
-}
-
-fn entry_json(e: &FileEntry) -> ListedFile {
-    ListedFile {
-        path: e.path.clone(),
-        name: e.name().to_owned(),
-        kind: e.kind,
-        size: e.size,
-        mode: format!("{:o}", e.mode),
-        uid: e.uid,
-        gid: e.gid,
-        mtime: schema::time::rfc3339(e.mtime * 1000),
-        excluded: e.excluded,
-    }
 }
 
 fn listing(

@@ -111,20 +111,6 @@ fn pick<'a>(m: &Manifest, all: &'a [Opened], fs: &FileSystem) -> Result<&'a Open
         })
 }
 
-fn listed(e: &FileEntry) -> ListedFile {
-    ListedFile {
-        path: e.path.clone(),
-        name: e.name().to_owned(),
-        kind: e.kind,
-        size: e.size,
-        mode: format!("{:o}", e.mode),
-        uid: e.uid,
-        gid: e.gid,
-        mtime: schema::time::rfc3339(e.mtime * 1000),
-        excluded: e.excluded,
-    }
-}
-
 /// Lists `path` down to `depth` levels, as `GET /v1/backups/{id}/files` does for a plain
 /// backup (entries sorted by path within each directory).
 ///
@@ -174,7 +160,7 @@ pub fn list(
             .find(|e| e.path == path)
             .ok_or_else(|| Error::Invalid(format!("{path} is not in backup {}", m.id)))?;
         if e.kind != FileKind::Dir || depth == 0 {
-            return Ok(answer(vec![listed(e)], false));
+            return Ok(answer(vec![ListedFile::from(e)], false));
         }
     }
     let mut entries = Vec::new();
@@ -187,7 +173,7 @@ pub fn list(
             if e.kind == FileKind::Dir && level < depth {
                 queue.push_back((e.path.as_str(), level + 1));
             }
-            entries.push(listed(e));
+            entries.push(ListedFile::from(*e));
         }
     }
     Ok(answer(entries, false))
