@@ -1,5 +1,7 @@
 //! Lifecycle safety: GC racing live backups, and corruption found, named and healed.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -16,23 +18,28 @@ async fn gc_looping_during_eight_movers_loses_nothing() {
     let admin = c.with_token(Some(ADMIN));
     let bs = 256usize << 10;
     let pool: Vec<Vec<u8>> = (0..16).map(|i| test_data(bs, 300 + i)).collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    // GC runs completed so far: a mover that deleted a backup waits for two more, so at least one
+    // whole run starts after the delete and finds its garbage while the other movers upload.
+    // Without this, on a slow store (the SMB share) every run could finish before any delete and
+    // the race would not be exercised.
+    let completed = Arc::new(AtomicU64::new(0));
     let gc = {
-        let (admin, stop) = (admin.clone(), stop.clone());
+        let (admin, stop, completed) = (admin.clone(), stop.clone(), completed.clone());
         tokio::spawn(async move {
-            let mut runs = 0u64;
             let mut removed = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let rep = run_job(&admin, "gc").await;
                 removed += rep["result"]["chunks_removed"].as_u64().unwrap_or(0);
-                runs += 1;
+                completed.fetch_add(1, Ordering::SeqCst);
             }
-            (runs, removed)
+            (completed.load(Ordering::SeqCst), removed)
         })
     };
     let mut movers = Vec::new();
     for m in 0..8u64 {
         let (c, admin, pool) = (c.clone(), admin.clone(), pool.clone());
+        let completed = completed.clone();
         movers.push(tokio::spawn(async move {
             let mut kept = Vec::new();
             let mut previous: Option<String> = None;
@@ -63,6 +70,15 @@ async fn gc_looping_during_eight_movers_loses_nothing() {
                             .status,
                         StatusCode::NO_CONTENT
                     );
+                    let target = completed.load(Ordering::SeqCst) + 2;
+                    let waited = std::time::Instant::now();
+                    while completed.load(Ordering::SeqCst) < target {
+                        assert!(
+                            waited.elapsed() < Duration::from_secs(300),
+                            "GC made no progress in 300 s"
+                        );
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
                 previous = Some(id.clone());
                 kept = vec![(id, disk)];
@@ -74,7 +90,7 @@ async fn gc_looping_during_eight_movers_loses_nothing() {
     for m in movers {
         survivors.extend(m.await.unwrap());
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let (runs, removed) = gc.await.unwrap();
     assert!(runs >= 2, "GC ran {runs} times");
     assert!(
