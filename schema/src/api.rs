@@ -214,6 +214,10 @@ pub struct FileIndexRef {
     pub bytes: u64,
     /// Its chunks, in order.
     pub chunks: Vec<ChunkId>,
+    /// The file system, as the mover's probe names it (`ext2/3/4`, `NTFS`); absent in indexes
+    /// from before it was recorded. Paths on an `NTFS` index match case-insensitively.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<String>,
 }
 
 /// Commit answer.

@@ -72,6 +72,41 @@ pub fn name_match(p: &[u8], s: &[u8]) -> bool {
     }
 }
 
+/// Whether the file system a guest file index came from (its probe's name, as in
+/// [`crate::api::FileIndexRef::fs`]) matches paths case-insensitively: NTFS, as Windows does.
+/// Every other (ext2/3/4, or an index from before the name was recorded) is case-sensitive.
+pub fn case_insensitive(fs: Option<&str>) -> bool {
+    fs.is_some_and(|f| f.eq_ignore_ascii_case("ntfs"))
+}
+
+/// `s` with each character upper-cased where Unicode maps it to exactly one character (NTFS's
+/// `$UpCase` maps each UTF-16 unit to one; `ß` stays `ß`). Two names are the same on a
+/// case-insensitive file system when their folds are equal.
+pub fn fold(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let mut u = c.to_uppercase();
+            match (u.next(), u.next()) {
+                (Some(x), None) => x,
+                _ => c,
+            }
+        })
+        .collect()
+}
+
+/// Whether names or paths `a` and `b` are the same on a file system that is case-insensitive
+/// when `ci` (the one comparison every catalog lookup uses): byte-equal, or equal after
+/// [`fold`].
+pub fn same_name(a: &str, b: &str, ci: bool) -> bool {
+    a == b || (ci && fold(a) == fold(b))
+}
+
+/// [`name_match`] of glob `glob` against name `name`, ignoring case when `ci`.
+pub fn name_match_in(glob: &str, name: &str, ci: bool) -> bool {
+    name_match(glob.as_bytes(), name.as_bytes())
+        || (ci && name_match(fold(glob).as_bytes(), fold(name).as_bytes()))
+}
+
 /// The part of a glob before its first wildcard (what a name index can seek to).
 pub fn literal_prefix(glob: &str) -> &str {
     &glob[..glob.find(['*', '?']).unwrap_or(glob.len())]
@@ -110,5 +145,18 @@ mod tests {
         for bad in ["/", "", "a/b", "/a//b", "/a/../b", "/a/./b", "/a/"] {
             assert!(!valid_path(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn case_folding() {
+        assert!(case_insensitive(Some("NTFS")) && !case_insensitive(Some("ext2/3/4")));
+        assert!(!case_insensitive(None));
+        assert!(same_name("/Windows/System32", "/WINDOWS/system32", true));
+        assert!(!same_name("/Windows/System32", "/WINDOWS/system32", false));
+        assert!(same_name("/Users/Zoë", "/users/ZOË", true));
+        assert!(!same_name("/straße", "/STRASSE", true));
+        assert!(name_match_in("*.SYS", "pagefile.sys", true));
+        assert!(!name_match_in("*.SYS", "pagefile.sys", false));
+        assert!(name_match_in("page?ile.sys", "pagefile.sys", false));
     }
 }

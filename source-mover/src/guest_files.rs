@@ -38,6 +38,7 @@ pub struct Indexed {
 struct Encoded {
     disk: usize,
     partition: u32,
+    fs: Option<&'static str>,
     files: u64,
     bytes: Vec<u8>,
     ids: Vec<ChunkId>,
@@ -70,11 +71,9 @@ pub async fn index_and_upload(
             let (mut files, secs): FileIndexes = plan::index_files(disk.as_ref(), &p.unindexed)?;
             files.splice(0..0, p.files.iter().cloned());
             seconds += secs + p.files_seconds;
-            out.extend(
-                files
-                    .into_iter()
-                    .map(|(partition, entries)| encode(d, partition, &entries)),
-            );
+            out.extend(files.into_iter().map(|(partition, entries)| {
+                encode(d, partition, p.fs_names.get(&partition).copied(), &entries)
+            }));
         }
         Ok((out, seconds))
     })
@@ -117,6 +116,10 @@ pub struct SealedPart {
     pub files: u64,
     /// Bytes of JSON lines that follow the header line.
     pub bytes: u64,
+    /// The file system (as [`FileIndexRef::fs`]); absent in indexes sealed before it was
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<String>,
 }
 
 /// The plaintext of an encrypted backup's file index: per file system, a header line (JSON
@@ -184,6 +187,7 @@ async fn upload_sealed(
                     partition: e.partition,
                     files: e.files,
                     bytes: e.bytes.len() as u64,
+                    fs: e.fs.map(str::to_owned),
                 };
                 (part, e.bytes)
             })
@@ -219,12 +223,13 @@ async fn upload_sealed(
     Ok(SealedBlob { bytes, chunks: ids })
 }
 
-fn encode(disk: usize, partition: u32, entries: &[FileEntry]) -> Encoded {
+fn encode(disk: usize, partition: u32, fs: Option<&'static str>, entries: &[FileEntry]) -> Encoded {
     let bytes = crate::guest::to_json_lines(entries);
     let ids = bytes.chunks(PIECE).map(ChunkId::of).collect();
     Encoded {
         disk,
         partition,
+        fs,
         files: entries.len() as u64,
         bytes,
         ids,
@@ -248,6 +253,7 @@ async fn upload(
     };
     let Encoded {
         partition,
+        fs,
         files,
         bytes,
         ids,
@@ -288,5 +294,6 @@ async fn upload(
         files,
         bytes: len,
         chunks: ids,
+        fs: fs.map(str::to_owned),
     })
 }

@@ -53,6 +53,10 @@ pub struct DiskPlan {
     pub files: Vec<(u32, Vec<schema::files::FileEntry>)>,
     /// Seconds spent walking file systems (the one walk gives the index and the excluded files).
     pub files_seconds: f64,
+    /// The [`guest::Probe::name`] of each file system with a file index (walked now or left
+    /// unindexed), by partition number: the commit records it (`NTFS` paths match
+    /// case-insensitively).
+    pub fs_names: BTreeMap<u32, &'static str>,
     /// File systems whose index is still to be built by [`index_files`]. Only
     /// [`plan_deferred`] leaves any.
     pub unindexed: Vec<Unindexed>,
@@ -125,6 +129,7 @@ struct Tally {
     found: Vec<String>,
     files: Vec<(u32, Vec<schema::files::FileEntry>)>,
     files_seconds: f64,
+    fs_names: BTreeMap<u32, &'static str>,
     unindexed: Vec<Unindexed>,
 }
 
@@ -181,6 +186,7 @@ fn plan_with(disk: &dyn BlockSource, excludes: &[String], walk_now: bool) -> Res
         found: tally.found,
         files: tally.files,
         files_seconds: tally.files_seconds,
+        fs_names: tally.fs_names,
         unindexed: tally.unindexed,
     })
 }
@@ -211,6 +217,7 @@ fn probe_partition(
             *all = all.union(&r);
         }
         if let Some(tree) = g.files() {
+            tally.fs_names.insert(p.number, probe.name());
             if !walk_now && excludes.is_empty() {
                 tally.unindexed.push(Unindexed {
                     part: p.clone(),

@@ -244,6 +244,65 @@ impl Catalog {
         Ok(false)
     }
 
+    /// Calls `f` with every `names` row of `tenant` whose file name matches `glob` only when
+    /// case is ignored ([`schema::files::name_match_in`]): what [`Catalog::search_names`] does
+    /// not find, for a search that covers case-insensitive (NTFS) indexes. It walks `name_set`
+    /// from each case variant of the glob's first three literal characters (at most 27 seeks),
+    /// so its cost follows the distinct names sharing that folded prefix. Returns `true` when
+    /// it stopped after `max_steps` steps.
+    ///
+    /// # Errors
+    /// RocksDB errors; errors from `f`.
+    pub fn search_names_other_case(
+        &self,
+        tenant: &str,
+        glob: &str,
+        max_steps: usize,
+        mut f: impl FnMut(&NameRow<'_>) -> Result<()>,
+    ) -> Result<bool> {
+        let mut steps = 0usize;
+        let mut starts = vec![String::new()];
+        for c in schema::files::literal_prefix(glob).chars().take(3) {
+            let mut cs: Vec<char> = [c]
+                .into_iter()
+                .chain(c.to_uppercase())
+                .chain(c.to_lowercase())
+                .collect();
+            cs.sort_unstable();
+            cs.dedup();
+            starts = starts
+                .iter()
+                .flat_map(|s| cs.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+        }
+        let names_at = tenant.len() + 1;
+        let mut it = self.db.raw_iterator_cf(self.cf(Cf::NameSet));
+        for s in &starts {
+            let start = keys::name_set(tenant, s.as_bytes());
+            it.seek(&start);
+            while let Some(k) = it.key() {
+                if !k.starts_with(&start) {
+                    break;
+                }
+                steps += 1;
+                if steps > max_steps {
+                    return Ok(true);
+                }
+                let name = &k[names_at..];
+                let other_case = std::str::from_utf8(name).is_ok_and(|n| {
+                    !schema::files::name_match(glob.as_bytes(), name)
+                        && schema::files::name_match_in(glob, n, true)
+                });
+                if other_case && self.rows_of_name(tenant, name, &mut steps, max_steps, &mut f)? {
+                    return Ok(true);
+                }
+                it.next();
+            }
+            it.status()?;
+        }
+        Ok(false)
+    }
+
     fn rows_of_name(
         &self,
         tenant: &str,

@@ -261,6 +261,38 @@ impl Repository {
             })
     }
 
+    /// The entry at `path` in index `r` of backup `id`: the one stored with exactly that path,
+    /// else, on a case-insensitive file system (NTFS), the one whose path differs only in case,
+    /// found segment by segment from the root among each directory's stored names (the first in
+    /// key order when several differ only in case).
+    ///
+    /// # Errors
+    /// RocksDB or decoding errors.
+    fn lookup(&self, id: &BackupId, r: &FileIndexRef, path: &str) -> Result<Option<FileEntry>> {
+        let (b, disk, part) = (id.as_str(), r.disk.as_str(), r.partition);
+        let exact = self.catalog.file(b, disk, part, path)?;
+        if exact.is_some() || !files::case_insensitive(r.fs.as_deref()) {
+            return Ok(exact);
+        }
+        let mut found: Option<FileEntry> = None;
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            let dir = found.as_ref().map_or("/", |e| e.path.as_str()).to_owned();
+            let mut hit = None;
+            self.catalog
+                .files_in(b, disk, part, Some(&dir), usize::MAX, |e| {
+                    if hit.is_none() && files::same_name(e.name(), seg, true) {
+                        hit = Some(e);
+                    }
+                    Ok(())
+                })?;
+            match hit {
+                Some(e) => found = Some(e),
+                None => return Ok(None),
+            }
+        }
+        Ok(found)
+    }
+
     /// `GET /v1/backups/{id}/files`: a directory listing (or one file's entry).
     ///
     /// # Errors
@@ -289,11 +321,12 @@ impl Repository {
         let limit = q.limit.unwrap_or(MAX_LISTING).clamp(1, MAX_LISTING);
         let mut entries = Vec::new();
         let mut truncated = false;
+        let mut path = path;
         if path != "/" {
             let e = self
-                .catalog
-                .file(id.as_str(), r.disk.as_str(), r.partition, &path)?
+                .lookup(id, r, &path)?
                 .ok_or_else(|| Error::not_found(format!("{path} in backup {id}")))?;
+            path.clone_from(&e.path);
             if e.kind != FileKind::Dir || depth == 0 {
                 return Ok(listing(&m, r, &path, vec![ListedFile::from(&e)], false));
             }
@@ -340,8 +373,7 @@ impl Repository {
             ));
         }
         let e = self
-            .catalog
-            .file(id.as_str(), r.disk.as_str(), r.partition, &path)?
+            .lookup(id, r, &path)?
             .ok_or_else(|| Error::not_found(format!("{path} in backup {id}")))?;
         if e.kind != FileKind::File {
             return Err(Error::new(
@@ -445,53 +477,85 @@ impl Repository {
         // Only the best `skip + limit` hits are kept (a max-heap whose top is the worst kept);
         // every other matching row is only counted, without being copied.
         let keep = skip.saturating_add(limit);
-        let mut sources: HashMap<Vec<u8>, Option<(String, String)>> = HashMap::new();
+        // Per backup: its source, creation time and case-insensitive (NTFS) file indexes.
+        let mut sources: HashMap<Vec<u8>, Option<Seen>> = HashMap::new();
         let mut best: BinaryHeap<Ranked> = BinaryHeap::new();
         let mut total = 0usize;
-        let truncated = self
-            .catalog
-            .search_names(&tenant, &glob, MAX_SCANNED, |row| {
-                if since.is_some_and(|s| row.created_ms < s)
-                    || until.is_some_and(|u| row.created_ms >= u)
-                    || under
-                        .as_deref()
-                        .is_some_and(|u| !row.path.starts_with(u.as_bytes()))
+        // `other_case`: the row's name matches only when case is ignored, which counts on a
+        // case-insensitive index only.
+        let mut consider = |row: &crate::catalog::NameRow<'_>, other_case: bool| -> Result<()> {
+            if since.is_some_and(|s| row.created_ms < s)
+                || until.is_some_and(|u| row.created_ms >= u)
+            {
+                return Ok(());
+            }
+            if !sources.contains_key(row.backup) {
+                let info = match std::str::from_utf8(row.backup)
+                    .ok()
+                    .and_then(|b| b.parse::<BackupId>().ok())
                 {
-                    return Ok(());
-                }
-                if !sources.contains_key(row.backup) {
-                    let info = match std::str::from_utf8(row.backup)
-                        .ok()
-                        .and_then(|b| b.parse::<BackupId>().ok())
-                    {
-                        Some(b) => self.catalog.backup(&b)?.map(|m| (m.source, m.created)),
-                        None => None,
-                    };
-                    sources.insert(row.backup.to_vec(), info);
-                }
-                let Some(Some((source, created))) = sources.get(row.backup) else {
-                    return Ok(());
+                    Some(b) => self.catalog.backup(&b)?.map(|m| Seen {
+                        ci: m
+                            .file_indexes
+                            .iter()
+                            .filter(|r| files::case_insensitive(r.fs.as_deref()))
+                            .map(|r| (r.disk.to_string(), r.partition))
+                            .collect(),
+                        source: m.source,
+                        created: m.created,
+                    }),
+                    None => None,
                 };
-                if q.source.as_deref().is_some_and(|s| s != source) {
-                    return Ok(());
-                }
-                total += 1;
-                let better =
-                    best.len() < keep || best.peek().is_some_and(|w| Ranked::key_of(row) < w.key());
-                if better {
-                    if let Some(hit) = row.to_hit() {
-                        best.push(Ranked {
-                            hit,
-                            source: source.clone(),
-                            created: created.clone(),
-                        });
-                        if best.len() > keep {
-                            best.pop();
-                        }
+                sources.insert(row.backup.to_vec(), info);
+            }
+            let Some(Some(seen)) = sources.get(row.backup) else {
+                return Ok(());
+            };
+            let ci = seen
+                .ci
+                .iter()
+                .any(|(d, p)| d.as_bytes() == row.disk && *p == row.partition);
+            let under_ok = under.as_deref().is_none_or(|u| {
+                row.path.starts_with(u.as_bytes())
+                    || (ci
+                        && row.path.get(..u.len()).is_some_and(|at| {
+                            std::str::from_utf8(at).is_ok_and(|at| files::same_name(at, u, true))
+                        }))
+            });
+            if (other_case && !ci)
+                || !under_ok
+                || q.source.as_deref().is_some_and(|s| s != seen.source)
+            {
+                return Ok(());
+            }
+            total += 1;
+            let better =
+                best.len() < keep || best.peek().is_some_and(|w| Ranked::key_of(row) < w.key());
+            if better {
+                if let Some(hit) = row.to_hit() {
+                    best.push(Ranked {
+                        hit,
+                        source: seen.source.clone(),
+                        created: seen.created.clone(),
+                    });
+                    if best.len() > keep {
+                        best.pop();
                     }
                 }
-                Ok(())
-            })?;
+            }
+            Ok(())
+        };
+        let mut truncated = self
+            .catalog
+            .search_names(&tenant, &glob, MAX_SCANNED, |row| consider(row, false))?;
+        // Names that match only when case is ignored (a glob with no cased letter has none).
+        if files::fold(&glob) != glob || glob.to_lowercase() != glob {
+            truncated |=
+                self.catalog
+                    .search_names_other_case(&tenant, &glob, MAX_SCANNED, |row| {
+                        consider(row, true)
+                    })?;
+        }
         let results: Vec<SearchHit> = best
             .into_sorted_vec()
             .into_iter()
@@ -564,6 +628,14 @@ fn listing(
         entries,
         truncated,
     }
+}
+
+/// What a search knows of a backup its rows name.
+struct Seen {
+    source: String,
+    created: String,
+    /// Its case-insensitive (NTFS) file indexes: (disk, partition).
+    ci: Vec<(String, u32)>,
 }
 
 /// A kept search hit, ordered by rank: newest backup first, then path, backup, disk,

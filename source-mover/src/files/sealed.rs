@@ -29,6 +29,20 @@ pub struct Opened {
     pub partition: u32,
     /// Entries, in index order.
     pub entries: Vec<FileEntry>,
+    /// Paths match case-insensitively (an NTFS volume).
+    pub ci: bool,
+}
+
+impl Opened {
+    /// The entry at `path`: the one stored with exactly that path, else, on a case-insensitive
+    /// file system, one whose path differs only in case.
+    fn find(&self, path: &str) -> Option<&FileEntry> {
+        let e = &self.entries;
+        e.iter().find(|e| e.path == path).or_else(|| {
+            e.iter()
+                .find(|e| self.ci && files::same_name(&e.path, path, true))
+        })
+    }
 }
 
 /// Fetches and opens the sealed file index of `m` (every file system in it).
@@ -84,6 +98,7 @@ pub async fn load(client: &RepoClient, m: &Manifest, key: &Arc<MasterKey>) -> Re
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Opened {
+                    ci: files::case_insensitive(p.fs.as_deref()),
                     disk: p.disk,
                     partition: p.partition,
                     entries,
@@ -134,6 +149,11 @@ pub fn list(
             "bad path {path:?}: give an absolute path such as /etc"
         )));
     }
+    // The path as stored (it may differ in case on NTFS).
+    let path = match o.find(&path) {
+        Some(e) if path != "/" => e.path.clone(),
+        _ => path,
+    };
     let depth = depth.min(64);
     let mut children: std::collections::BTreeMap<&str, Vec<&FileEntry>> = Default::default();
     for e in &o.entries {
@@ -155,9 +175,7 @@ pub fn list(
     };
     if path != "/" {
         let e = o
-            .entries
-            .iter()
-            .find(|e| e.path == path)
+            .find(&path)
             .ok_or_else(|| Error::Invalid(format!("{path} is not in backup {}", m.id)))?;
         if e.kind != FileKind::Dir || depth == 0 {
             return Ok(answer(vec![ListedFile::from(e)], false));
@@ -195,9 +213,7 @@ pub async fn get(
 ) -> Result<u64> {
     let o = pick(m, all, fs)?;
     let e = o
-        .entries
-        .iter()
-        .find(|e| e.path == path)
+        .find(path)
         .ok_or_else(|| Error::Invalid(format!("{path} is not in backup {}", m.id)))?;
     if e.kind != FileKind::File {
         return Err(Error::Invalid(format!("{path} is not a regular file")));
@@ -300,10 +316,11 @@ pub async fn search(
         for o in load(client, &m, key).await? {
             for e in &o.entries {
                 let under = s.path.as_deref().is_none_or(|p| {
-                    e.path.starts_with(p)
+                    let at = e.path.get(..p.len()).unwrap_or("");
+                    files::same_name(at, p, o.ci)
                         && (p.ends_with('/') || e.path[p.len()..].starts_with('/'))
                 });
-                if !under || !files::name_match(s.name.as_bytes(), e.name().as_bytes()) {
+                if !under || !files::name_match_in(&s.name, e.name(), o.ci) {
                     continue;
                 }
                 total += 1;

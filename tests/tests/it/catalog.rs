@@ -175,6 +175,10 @@ async fn listings_and_file_contents_match_debugfs() {
         // Errors: a missing path, a directory, a bad path, another tenant.
         let miss = content(&c, &r.backup_id, "/etc/nope").await;
         assert_eq!(miss.status, StatusCode::NOT_FOUND);
+        // ext4 paths are case-sensitive (NTFS ones are not: the ntfs module).
+        assert_eq!(m["file_indexes"][0]["fs"], "ext2/3/4", "{m}");
+        let upper = content(&c, &r.backup_id, "/ETC/hostname").await;
+        assert_eq!(upper.status, StatusCode::NOT_FOUND);
         assert_eq!(
             content(&c, &r.backup_id, "/etc").await.status,
             StatusCode::BAD_REQUEST

@@ -385,8 +385,11 @@ async fn catalog_lists_and_serves_what_ntfsls_and_ntfscat_do() {
         r.files_indexed as usize >= img.files.len() + img.dirs.len(),
         "{r:?}"
     );
+    let m = c.get(&format!("/v1/backups/{}", r.backup_id)).await.json();
+    assert_eq!(m["file_indexes"][0]["fs"], "NTFS", "{m}");
     let mut dirs = vec!["/".to_string()];
     let mut served = 0;
+    let mut kept = Vec::new();
     while let Some(p) = dirs.pop() {
         let l = list(&c, &r.backup_id, &p).await;
         let entries = l["entries"].as_array().expect("entries");
@@ -427,12 +430,55 @@ async fn catalog_lists_and_serves_what_ntfsls_and_ntfscat_do() {
                     resp.body[..] == ntfscat(&part, &path)[..],
                     "{path} differs from ntfscat"
                 );
+                kept.push(path.clone());
             }
             served += 1;
         }
     }
     assert!(served >= img.files.len() - 2, "{served} files served");
-    // Search finds names in any script.
+    // Paths match case-insensitively, as on Windows: every kept file in another case serves
+    // the bytes ntfscat gives; a listing in another case answers the stored names and path.
+    let mut other_case = 0;
+    for path in &kept {
+        let swapped = swap_case(path);
+        if swapped == *path {
+            continue;
+        }
+        let resp = c
+            .get(&format!(
+                "/v1/backups/{}/files/content?path={}",
+                r.backup_id,
+                schema::query::encode(&swapped)
+            ))
+            .await;
+        assert_eq!(resp.status, StatusCode::OK, "{swapped}: {:?}", resp.body);
+        assert!(
+            resp.body[..] == ntfscat(&part, path)[..],
+            "{swapped} differs from ntfscat of {path}"
+        );
+        other_case += 1;
+    }
+    assert!(other_case >= 3, "{other_case} files read in another case");
+    let deep = kept
+        .iter()
+        .max_by_key(|p| p.matches('/').count())
+        .expect("a kept file");
+    let parent = &deep[..deep.rfind('/').expect("a parent")];
+    let (a, b) = (
+        list(&c, &r.backup_id, parent).await,
+        list(&c, &r.backup_id, &swap_case(parent)).await,
+    );
+    assert_eq!(a["entries"], b["entries"], "{parent} in another case");
+    assert_eq!(b["path"], parent, "the stored path is answered");
+    let none = c
+        .get(&format!(
+            "/v1/backups/{}/files/content?path={}",
+            r.backup_id,
+            schema::query::encode(&format!("{}-nope", swap_case(deep)))
+        ))
+        .await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    // Search finds names in any script, in any case (readme.TXT too), as Windows does.
     let s = c
         .get("/v1/search?name=*.txt&source=win-vm&limit=1000")
         .await
@@ -447,10 +493,57 @@ async fn catalog_lists_and_serves_what_ntfsls_and_ntfscat_do() {
     let mut want: Vec<&str> = img
         .files
         .keys()
-        .filter(|p| p.ends_with(".txt"))
+        .filter(|p| p.to_lowercase().ends_with(".txt"))
         .map(String::as_str)
         .collect();
     want.sort_unstable();
     assert_eq!(hits, want, "{s}");
+    // The same search in another case finds the same files (names as stored), also under a
+    // directory given in another case; one name without wildcards in another case finds it.
+    let hits_of = |s: &Value| {
+        let mut h: Vec<String> = s["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .filter_map(|h| h["path"].as_str().map(str::to_owned))
+            .collect();
+        h.sort_unstable();
+        h
+    };
+    let s2 = c
+        .get("/v1/search?name=*.TXT&source=win-vm&limit=1000")
+        .await
+        .json();
+    let want: Vec<String> = want.into_iter().map(str::to_owned).collect();
+    assert!(want.iter().any(|p| p.ends_with(".TXT")), "{want:?}");
+    assert_eq!(hits_of(&s2), want, "{s2}");
+    let name = &deep[deep.rfind('/').expect("a name") + 1..];
+    let s3 = c
+        .get(&format!(
+            "/v1/search?name={}&path={}&source=win-vm",
+            schema::query::encode(&swap_case(name)),
+            schema::query::encode(&swap_case(parent))
+        ))
+        .await
+        .json();
+    assert_eq!(hits_of(&s3), vec![deep.clone()], "{s3}");
     srv.stop().await;
+}
+
+/// `s` with the case of every letter flipped (where it maps to one character).
+fn swap_case(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let v: Vec<char> = if c.is_uppercase() {
+                c.to_lowercase().collect()
+            } else {
+                c.to_uppercase().collect()
+            };
+            if v.len() == 1 {
+                v[0]
+            } else {
+                c
+            }
+        })
+        .collect()
 }
