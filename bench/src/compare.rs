@@ -5,9 +5,8 @@
 //! run; steps full backup of disk.raw, incremental of disk2.raw (this project with the CBT list),
 //! restore of the incremental. Wall, CPU (user+sys of the whole process tree: for this project
 //! the mover plus the server's own CPU over the step) and peak RSS come from `/usr/bin/time` and
-//! `/proc`; repository bytes from the sizes of its files after the step. The floor reads the
-//! bytes this project had to read and hashes (blake3) and compresses (zstd, the project's level)
-//! them on both cores, in process.
+//! `/proc`; repository bytes from the sizes of its files after the step. The floors
+//! ([`crate::floor`]) do each step's least work on both cores, in process.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,7 +45,8 @@ pub fn run(ds: &Path, quick: bool, runs: Option<usize>, work: Option<PathBuf>) -
     tools.insert("2 restic", med_steps(r));
     tools.insert("3 borg", med_steps(b));
     tools.insert("4 borg fixed 4 MiB", med_steps(bf));
-    let floor = floor::run(ds)?;
+    let level = source_mover::profile::Profile::LAN.zstd_level;
+    let floor = floor::run(ds, &work, level)?;
     let _ = std::fs::remove_dir_all(&work);
     let report = Comparison {
         dataset: ds.to_owned(),
@@ -54,6 +54,7 @@ pub fn run(ds: &Path, quick: bool, runs: Option<usize>, work: Option<PathBuf>) -
         runs,
         tools,
         floor,
+        level,
         server_rss_mib: median(srv),
     };
     print!("{report}");

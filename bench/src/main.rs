@@ -5,6 +5,8 @@
 //!   [`project`] (this project's steps), [`peers`] (restic, borg), [`floor`] (read + hash +
 //!   compress, the least any tool does), [`measure`] (wall, CPU, RSS, bytes, medians),
 //!   [`report`] (the table).
+//! - [`settings`]: `bench settings`, this project's steps under different mover settings
+//!   (zstd level, block size), alternating, with the amplification of small changes.
 //! - [`encryption`]: `bench encryption`, the full backup with and without encryption at rest.
 //! - [`wan`]: `bench wan` (goodput through the WAN emulator) and `bench wan-proxy`.
 //! - [`catalog`]: `bench catalog`, the guest file catalog at scale.
@@ -32,6 +34,7 @@ mod nbd;
 mod peers;
 mod project;
 mod report;
+mod settings;
 mod share;
 mod wan;
 
@@ -51,6 +54,25 @@ enum Cmd {
         /// Small dataset built by the bench itself, one run of each step: for CI.
         #[arg(long)]
         quick: bool,
+        /// Runs per figure (median); default 3, 1 with --quick.
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Scratch directory for repositories and restores.
+        #[arg(long)]
+        work: Option<PathBuf>,
+    },
+    /// This project's steps under different mover settings, alternating run by run.
+    Settings {
+        /// Directory with disk.raw, disk2.raw and cbt.json (built here with --quick if absent).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Small dataset built by the bench itself, one run: for CI.
+        #[arg(long)]
+        quick: bool,
+        /// NAME=ARGS: mover arguments added to both backups, e.g. `zstd1=--zstd-level 1`
+        /// (repeat; `default=` for the defaults).
+        #[arg(long = "variant", required = true)]
+        variants: Vec<String>,
         /// Runs per figure (median); default 3, 1 with --quick.
         #[arg(long)]
         runs: Option<usize>,
@@ -175,6 +197,13 @@ fn main() -> Result<()> {
             runs,
             work,
         } => compare::run(&dataset, quick, runs, work),
+        Cmd::Settings {
+            dataset,
+            quick,
+            variants,
+            runs,
+            work,
+        } => settings::run(&dataset, quick, &variants, runs, work),
         Cmd::Encryption {
             dataset,
             quick,

@@ -13,6 +13,17 @@ use crate::measure::{du, proc_cpu, proc_rss_mib, timed, Step};
 /// (as installed: no tokens configured, so it generates its admin token) and the `source-mover`
 /// binary. Returns the steps and the server's peak RSS in MiB.
 pub fn run(ds: &Path, work: &Path) -> Result<(Vec<Step>, f64)> {
+    let (steps, rss, _) = run_with(ds, work, &[])?;
+    Ok((steps, rss))
+}
+
+/// [`run`] with `extra_args` to both backups (`--zstd-level 1`, `--block-size 256K`, ...);
+/// also returns the mover's JSON answers of the two backups.
+pub fn run_with(
+    ds: &Path,
+    work: &Path,
+    extra_args: &[String],
+) -> Result<(Vec<Step>, f64, Vec<serde_json::Value>)> {
     let repo = work.join("ours-repo");
     let _ = std::fs::remove_dir_all(&repo);
     let _ = std::fs::remove_dir_all(work.join("ours-state"));
@@ -29,6 +40,7 @@ pub fn run(ds: &Path, work: &Path) -> Result<(Vec<Step>, f64)> {
         c.arg("--repo").arg(&url).arg("--token-file").arg(&token);
     };
     let mut steps = Vec::new();
+    let mut answers = Vec::new();
     let result = (|| -> Result<()> {
         let mut full_id = String::new();
         for (i, (disk, extra)) in [
@@ -54,6 +66,7 @@ pub fn run(ds: &Path, work: &Path) -> Result<(Vec<Step>, f64)> {
             } else {
                 c.args(extra);
             }
+            c.args(extra_args);
             let cpu0 = proc_cpu(pid);
             let (wall, cpu, rss, out) = timed(&mut c, None)?;
             let v: serde_json::Value = serde_json::from_slice(&out)?;
@@ -68,6 +81,7 @@ pub fn run(ds: &Path, work: &Path) -> Result<(Vec<Step>, f64)> {
                 sent: v["sent_bytes"].as_u64(),
                 repo: du(&repo),
             });
+            answers.push(v);
         }
         let out = work.join("ours-restored.raw");
         let _ = std::fs::remove_file(&out);
@@ -94,7 +108,7 @@ pub fn run(ds: &Path, work: &Path) -> Result<(Vec<Step>, f64)> {
     let server_rss = proc_rss_mib(pid);
     drop(server);
     result?;
-    Ok((steps, server_rss))
+    Ok((steps, server_rss, answers))
 }
 
 /// The restored day-2 image equals disk2.raw except where a plan dropped bytes: where day 2's
