@@ -34,12 +34,18 @@ pub fn run(ds: &Path, quick: bool, runs: Option<usize>, work: Option<PathBuf>) -
     let (mut o, mut r, mut b, mut bf, mut srv) = (vec![], vec![], vec![], vec![], vec![]);
     for i in 0..runs {
         eprintln!("bench: run {}/{runs}", i + 1);
+        // Each tool's repository and restore are removed once measured, so the scratch holds one
+        // tool's at a time (an incompressible dataset's repositories are GBs each).
         let (steps, s) = project::run(ds, &work)?;
+        clear(&work)?;
         o.push(steps);
         srv.push(s);
         r.push(peers::restic(ds, &work)?);
+        clear(&work)?;
         b.push(peers::borg(ds, &work, false)?);
+        clear(&work)?;
         bf.push(peers::borg(ds, &work, true)?);
+        clear(&work)?;
     }
     tools.insert("1 this project", med_steps(o));
     tools.insert("2 restic", med_steps(r));
@@ -58,6 +64,19 @@ pub fn run(ds: &Path, quick: bool, runs: Option<usize>, work: Option<PathBuf>) -
         server_rss_mib: median(srv),
     };
     print!("{report}");
+    Ok(())
+}
+
+/// Empties the scratch directory `work`.
+fn clear(work: &Path) -> Result<()> {
+    for e in std::fs::read_dir(work)? {
+        let p = e?.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
     Ok(())
 }
 
