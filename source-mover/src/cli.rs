@@ -170,7 +170,7 @@ pub struct BackupArgs {
     /// Block size: 256K, 512K, 1M or 4M [default: 1M; wan profile: 256K].
     #[arg(long, value_parser = block_size)]
     pub block_size: Option<u32>,
-    /// zstd level for uploaded chunks [default: 3; wan profile: 6].
+    /// zstd level for uploaded chunks [default: 1; wan profile: 6].
     #[arg(long)]
     pub zstd_level: Option<i32>,
     /// Files to drop at block level: NAME:GLOB (inside ext2/3/4 partitions of disk NAME). Repeatable.
@@ -186,7 +186,7 @@ pub struct BackupArgs {
     /// HTTP/2 connections, used round-robin [default: 1; wan profile: 4].
     #[arg(long)]
     pub connections: Option<usize>,
-    /// Presets: lan (1M blocks, zstd 3, 32 streams, 1 connection) or wan (256K blocks, zstd 6,
+    /// Presets: lan (1M blocks, zstd 1, 32 streams, 1 connection) or wan (256K blocks, zstd 6,
     /// 64 streams, 4 connections); explicit options override the preset.
     #[arg(long, default_value = "lan", value_parser = ["lan", "wan"])]
     pub profile: String,

@@ -382,8 +382,8 @@ pub async fn demo(dir: Option<PathBuf>) -> Result<()> {
                 .map(|c| BTreeMap::from([("disk0".to_string(), crate::cbt::json_file(&c))]))
                 .unwrap_or_default(),
             base,
-            block_size: 1 << 20,
-            zstd_level: 3,
+            block_size: crate::profile::Profile::LAN.block_size,
+            zstd_level: crate::profile::Profile::LAN.zstd_level,
             excludes: Vec::new(),
             streams: 32,
             state_dir: dir.join("state"),
