@@ -20,13 +20,22 @@ use source_mover::backup::{backup, BackupOptions, Base};
 use source_mover::client::RepoClient;
 use tests::{ChildServer, Launch};
 
-/// Runs the benchmark in `work` (created; removed afterwards unless `keep`).
-pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> {
+/// Runs the benchmark in `work` (created; removed afterwards unless `keep`). With `churn`
+/// (a percentage of the files), every backup is of one source and before each one after the
+/// first that share of the files changes in the image (see [`CHURN_METHOD`]).
+pub fn run(
+    backups: usize,
+    files: usize,
+    churn: Option<f64>,
+    work: &Path,
+    keep: bool,
+) -> Result<()> {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
     let t = Instant::now();
     let tree = work.join("tree");
-    let dirs = make_tree(&tree, files)?;
+    let mut tree_dirs = make_tree(&tree, files)?;
+    let dirs = tree_dirs.len() + 5;
     let img = work.join("disk.raw");
     // Blocks for the data (≤ 1 KiB per file in 1 KiB blocks, plus directories) and room.
     let blocks_k = (files as u64 * 2 + dirs as u64 * 8 + 32 * 1024).max(64 * 1024);
@@ -70,9 +79,18 @@ pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> 
         let started = Instant::now();
         // Each source's newest backup: its next incremental's empty changed-block list counts from it.
         let mut latest: std::collections::BTreeMap<String, String> = Default::default();
+        let mut changed_entries = 0usize;
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
         for b in 0..backups {
-            let source = format!("vm-{:02}", b % 10);
-            let first = b < 10;
+            let source = match churn {
+                Some(_) => "vm-00".to_string(),
+                None => format!("vm-{:02}", b % 10),
+            };
+            let first = if churn.is_some() { b == 0 } else { b < 10 };
+            if let (Some(pct), false) = (churn, first) {
+                changed_entries +=
+                    churn_image(&img, work, &mut tree_dirs, files, pct, b, &mut rng)?;
+            }
             let cbt = work.join(format!("cbt-{source}.json"));
             if let Some(base) = latest.get(&source) {
                 std::fs::write(
@@ -173,15 +191,29 @@ pub fn run(backups: usize, files: usize, work: &Path, keep: bool) -> Result<()> 
             ));
         }
         commit_secs.sort_by(f64::total_cmp);
-        anyhow::Ok((rows, commit_secs))
+        anyhow::Ok((rows, commit_secs, changed_entries))
     });
     // SIGTERM: the server flushes its memtables before the catalog is measured.
     server.terminate(Duration::from_secs(600));
-    let (rows, backup_secs) = result?;
+    let (rows, backup_secs, changed) = result?;
     let catalog = crate::measure::du(&work.join("data/catalog"));
     let rows_total = (backups * files) as f64;
-    println!("## Guest catalog: {backups} backups × {files} files\n");
-    println!("Method: {}\n", METHOD.trim());
+    match churn {
+        Some(pct) => {
+            println!("## Guest catalog with churn: {backups} backups × {files} files, {pct} % changing per backup\n");
+            println!("Method: {} {}\n", METHOD.trim(), CHURN_METHOD.trim());
+            println!(
+                "Changed entries: {changed} over {} backups ({:.0} per backup). Catalog bytes per backup: {:.0} KB.\n",
+                backups.saturating_sub(1),
+                changed as f64 / backups.saturating_sub(1).max(1) as f64,
+                catalog as f64 / backups.max(1) as f64 / 1e3
+            );
+        }
+        None => {
+            println!("## Guest catalog: {backups} backups × {files} files\n");
+            println!("Method: {}\n", METHOD.trim());
+        }
+    }
     println!(
         "Backups: median {:.2} s each (walk, index upload, commit of {files} entries), slowest {:.2} s.\n",
         backup_secs[backup_secs.len() / 2],
@@ -216,11 +248,73 @@ index is walked, uploaded and cataloged in full every time); each query 1 warm-u
 round trips from an HTTP/2 client, limit=100; catalog size = du of the RocksDB directory \
 after a graceful shutdown.";
 
+const CHURN_METHOD: &str = "Churn mode: every backup is of one source (vm-00); before each \
+backup after the first, debugfs (-w, one command file) changes `churn` % of the files in the \
+image, clustered in whole directories of 100 as real change is (a log or an application's \
+directory): in each chosen directory the mtime of every file but one is set anew, one file is \
+removed and one new file is written. Directories are drawn at random (fixed seed). The CBT \
+list stays empty (the data blocks are not what is measured); the file index is walked in full.";
+
+/// Changes about `pct` % of `files` entries in `img` with debugfs (see [`CHURN_METHOD`]) before
+/// backup `b`; returns the entries changed (each file whose mtime changed, removed or added).
+fn churn_image(
+    img: &Path,
+    work: &Path,
+    dirs: &mut [(String, Vec<String>)],
+    files: usize,
+    pct: f64,
+    b: usize,
+    rng: &mut u64,
+) -> Result<usize> {
+    let want = ((files as f64 * pct / 100.0).round() as usize).max(1);
+    let mut cmds = String::new();
+    let mut changed = 0usize;
+    let empty = work.join("empty");
+    std::fs::write(&empty, b"")?;
+    while changed < want && !dirs.is_empty() {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let (dir, names) = &mut dirs[(*rng % dirs.len() as u64) as usize];
+        cmds.push_str(&format!("cd {dir}\n"));
+        let gone = names.pop();
+        for n in names.iter() {
+            cmds.push_str(&format!(
+                "sif {n} mtime @{}\n",
+                1_800_000_000 + b as u64 * 60
+            ));
+            changed += 1;
+        }
+        if let Some(g) = gone {
+            cmds.push_str(&format!("rm {g}\n"));
+            changed += 1;
+        }
+        let new = format!("new-{b:04}-{changed:06}.dat");
+        cmds.push_str(&format!("write {} {new}\n", empty.display()));
+        names.insert(0, new);
+        changed += 1;
+    }
+    let cmd_file = work.join("churn.debugfs");
+    std::fs::write(&cmd_file, cmds)?;
+    let out = std::process::Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&cmd_file)
+        .arg(img)
+        .output()
+        .context("debugfs (apt-get install e2fsprogs)")?;
+    if !out.status.success() {
+        bail!("debugfs: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(changed)
+}
+
 /// Writes `files` files into `tree` in directories of 100 (under `/usr/share/dNNNNN`), plus
-/// `/etc/nginx/nginx.conf` and a few `.conf` files; returns the number of directories.
-fn make_tree(tree: &Path, files: usize) -> Result<usize> {
+/// `/etc/nginx/nginx.conf` and a few `.conf` files; returns the directories of 100 with the
+/// names of their files.
+fn make_tree(tree: &Path, files: usize) -> Result<Vec<(String, Vec<String>)>> {
     let mut made = 0usize;
-    let mut dirs = 0usize;
+    let mut out = Vec::new();
     let etc = tree.join("etc/nginx");
     std::fs::create_dir_all(&etc)?;
     std::fs::write(etc.join("nginx.conf"), "worker_processes auto;\n")?;
@@ -228,16 +322,16 @@ fn make_tree(tree: &Path, files: usize) -> Result<usize> {
         std::fs::write(tree.join("etc").join(n), format!("# {n}\n"))?;
     }
     made += 5;
-    dirs += 3;
     let mut x = 0x2545_F491_4F6C_DD1Du64;
     let mut k = 0usize;
     while made < files {
-        let d = tree.join(format!("usr/share/d{k:05}"));
+        let rel = format!("/usr/share/d{k:05}");
+        let d = tree.join(&rel[1..]);
         std::fs::create_dir_all(&d)?;
         k += 1;
-        dirs += 1;
         std::fs::write(d.join("README"), format!("directory {k}\n"))?;
         made += 1;
+        let mut names = Vec::new();
         for _ in 0..99 {
             if made >= files {
                 break;
@@ -247,11 +341,14 @@ fn make_tree(tree: &Path, files: usize) -> Result<usize> {
             x ^= x << 17;
             let len = (x % 1024) as usize;
             let body: Vec<u8> = (0..len).map(|i| (x >> (i % 56)) as u8).collect();
-            std::fs::write(d.join(format!("f-{made:07}.dat")), body)?;
+            let name = format!("f-{made:07}.dat");
+            std::fs::write(d.join(&name), body)?;
+            names.push(name);
             made += 1;
         }
+        out.push((rel, names));
     }
-    Ok(dirs + 2)
+    Ok(out)
 }
 
 /// The directory in the middle of the tree `make_tree` made for `files` files.

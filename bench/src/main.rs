@@ -121,6 +121,10 @@ enum Cmd {
         /// 10 backups × 3,000 files: for CI.
         #[arg(long)]
         quick: bool,
+        /// Churn mode: every backup of one source, this percentage of the files changing in
+        /// the image before each backup after the first (1 for 1 %).
+        #[arg(long)]
+        churn: Option<f64>,
         /// Scratch directory.
         #[arg(long)]
         work: Option<PathBuf>,
@@ -232,6 +236,7 @@ fn main() -> Result<()> {
             backups,
             files,
             quick,
+            churn,
             work,
             keep,
         } => {
@@ -239,7 +244,7 @@ fn main() -> Result<()> {
             let work = work.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("bench-catalog-{}", std::process::id()))
             });
-            catalog::run(backups, files, &work, keep)
+            catalog::run(backups, files, churn, &work, keep)
         }
         Cmd::WanProxy {
             listen,
