@@ -272,10 +272,7 @@ fn churn_image(
     let empty = work.join("empty");
     std::fs::write(&empty, b"")?;
     while changed < want && !dirs.is_empty() {
-        *rng ^= *rng << 13;
-        *rng ^= *rng >> 7;
-        *rng ^= *rng << 17;
-        let (dir, names) = &mut dirs[(*rng % dirs.len() as u64) as usize];
+        let (dir, names) = &mut dirs[(xorshift(rng) % dirs.len() as u64) as usize];
         cmds.push_str(&format!("cd {dir}\n"));
         let gone = names.pop();
         for n in names.iter() {
@@ -309,6 +306,14 @@ fn churn_image(
     Ok(changed)
 }
 
+/// One step of xorshift64 (the bench's fixed-seed randomness): advances `x` and returns it.
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
 /// Writes `files` files into `tree` in directories of 100 (under `/usr/share/dNNNNN`), plus
 /// `/etc/nginx/nginx.conf` and a few `.conf` files; returns the directories of 100 with the
 /// names of their files.
@@ -336,9 +341,7 @@ fn make_tree(tree: &Path, files: usize) -> Result<Vec<(String, Vec<String>)>> {
             if made >= files {
                 break;
             }
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            xorshift(&mut x);
             let len = (x % 1024) as usize;
             let body: Vec<u8> = (0..len).map(|i| (x >> (i % 56)) as u8).collect();
             let name = format!("f-{made:07}.dat");
